@@ -1,0 +1,130 @@
+"""Run and eval records: the contract between stages (DESIGN.md, "The flow of data").
+
+One JSON object per trial (``results/<sweep>/runs/<run_id>.json``) and one per (checkpoint, task)
+(``results/<sweep>/evals/<run_id>/<task>.json``), each written once and atomically (temporary file, fsync, rename).
+Nothing downstream reads a stage's internals, only these records.
+
+Run record fields:
+    run_id        hash of the resolved trial config (:func:`run_id`)
+    sweep         sweep name ("" for a lone ``engram-lab train``)
+    experiment    what the trial belongs to: allocation | memory_scaling | placement | ablation | smoke | ...
+    axes          the sweep axis values of this trial, e.g. {"rho": 0.8, "budget": "2e20", "seed": 1} or
+                  {"method": "overencoding", "rows": 4099} or {"layers": [1]} or {"ablation": "no_gate"}
+    seed          the trial seed (data order, init)
+    status        completed | failed | diverged
+    reason        why it failed or diverged (None when completed)
+    diverged_step the optimizer step at which the loss became NaN/inf (None otherwise)
+    config        the full resolved trial config
+    accounting    engram.budget.Counts.as_record() plus tokens and total_flops actually trained
+    metrics       train_loss, val_loss, val_loss_by_category, val_curve [[tokens, loss], ...], tokens_per_second,
+                  mfu, unigram_entropy (of the validation tokens, nats) and anything else the trainer measured
+    checkpoint    path of the final checkpoint (relative to the run record's sweep folder) or None
+    wall_time_s, device, versions {python, torch, lightning, ...}, git_commit, created (ISO time, UTC)
+
+Eval record fields: run_id, sweep, task, task_version, num_fewshot, limit, lm_eval_version, memory ("on" | "off"),
+metrics {metric: {"value": v, "stderr": s}}, checkpoint, created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RUN_STATUSES = ("completed", "failed", "diverged")
+RUN_FIELDS = ("run_id", "sweep", "experiment", "axes", "seed", "status", "reason", "diverged_step", "config",
+              "accounting", "metrics", "checkpoint", "wall_time_s", "device", "versions", "git_commit", "created")
+EVAL_FIELDS = ("run_id", "sweep", "task", "task_version", "num_fewshot", "limit", "lm_eval_version", "memory",
+               "metrics", "checkpoint", "created")
+
+
+class RecordError(ValueError):
+    """A record file that cannot be read as a record; the message names the file."""
+
+
+def run_id(resolved_config: dict) -> str:
+    """A stable 12-hex-digit id of a resolved config (sorted-key JSON, so field order never matters)."""
+    blob = json.dumps(resolved_config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def write_atomic(path: str | Path, payload: Any, overwrite: bool = True) -> Path:
+    """Write JSON to ``path`` via a temporary file in the same folder, fsync and rename: never half-written.
+
+    With ``overwrite=False`` an existing file is left untouched and :class:`FileExistsError` is raised.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path} exists and is never overwritten")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1, sort_keys=True, default=_jsonable)
+            f.flush()
+            os.fsync(f.fileno())
+        if not overwrite:
+            os.link(tmp, path)  # atomic create-if-absent: fails if another writer got there first
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _jsonable(x: Any) -> Any:
+    if hasattr(x, "item"):
+        return x.item()
+    if isinstance(x, (set, tuple)):
+        return list(x)
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise RecordError(f"{path}: cannot be read as JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise RecordError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_run_record(path: str | Path) -> dict:
+    """A validated run record; :class:`RecordError` names the file and what is wrong."""
+    data = read_json(path)
+    missing = [k for k in RUN_FIELDS if k not in data]
+    if missing:
+        raise RecordError(f"{path}: run record lacks {', '.join(missing)}")
+    if data["status"] not in RUN_STATUSES:
+        raise RecordError(f"{path}: status {data['status']!r} is not one of {RUN_STATUSES}")
+    if data["status"] == "completed" and not isinstance(data.get("metrics", {}).get("val_loss"), (int, float)):
+        raise RecordError(f"{path}: a completed run record needs metrics.val_loss")
+    return data
+
+
+def read_eval_record(path: str | Path) -> dict:
+    data = read_json(path)
+    missing = [k for k in EVAL_FIELDS if k not in data]
+    if missing:
+        raise RecordError(f"{path}: eval record lacks {', '.join(missing)}")
+    return data
+
+
+def run_path(results: str | Path, sweep: str, rid: str) -> Path:
+    return Path(results) / (sweep or "_runs") / "runs" / f"{rid}.json"
+
+
+def eval_path(results: str | Path, sweep: str, rid: str, task: str, memory: str = "on") -> Path:
+    suffix = "" if memory == "on" else "__memory_off"
+    return Path(results) / (sweep or "_runs") / "evals" / rid / f"{task}{suffix}.json"
