@@ -1,10 +1,13 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# One tokenizer/token cache for the whole session (subprocesses inherit it), never the user's own cache.
+os.environ.setdefault("ENGRAM_LAB_CACHE", tempfile.mkdtemp(prefix="engram-lab-test-cache-"))
 SHARED = Path(os.environ.get("ENGRAM_SHARED", REPO.parent / "shared"))
 
 

@@ -1,0 +1,209 @@
+"""Trial configuration: defaults -> YAML -> ``key=value`` overrides, resolved once and saved with the run.
+
+A *trial* is one training run. Its resolved form (vocabulary size taken from the data, model placed by the budget
+solver when a budget is given) is what the run id hashes and what the run record stores, so a run is reproducible
+from its record alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from engram.budget import solve
+from engram.config import ConfigError, ModelConfig, build
+from experiments.data import DataConfig
+from experiments.optim import OptimConfig
+from experiments.records import run_id
+
+
+@dataclass
+class BudgetConfig:
+    """Place the model with :func:`engram.budget.solve` instead of taking its expert and row counts as given.
+
+    Attributes:
+        total_params: P_tot target (parameters excluding the vocabulary embedding and the head).
+        rho: share of the sparse budget given to routed experts (1 = pure MoE, no Engram).
+        active_params: P_act target; the solver refuses a shape that misses it by more than ``tolerance``.
+        tolerance: relative tolerance on both targets.
+    """
+
+    total_params: float = 0.0
+    rho: float = 1.0
+    active_params: float | None = None
+    tolerance: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.total_params <= 0:
+            raise ConfigError("total_params", f"must be > 0, got {self.total_params}")
+        if not 0.0 <= self.rho <= 1.0:
+            raise ConfigError("rho", f"must lie in [0, 1], got {self.rho}")
+        if not 0.0 < self.tolerance < 1.0:
+            raise ConfigError("tolerance", f"must lie in (0, 1), got {self.tolerance}")
+
+
+@dataclass
+class TrainConfig:
+    """How long and how to train.
+
+    Attributes:
+        batch_size: sequences per optimizer step on each device.
+        tokens: training token budget (summed over devices); exactly one of ``tokens`` and ``compute``.
+        compute: training FLOPs budget (3x forward FLOPs per token from the accounting); converted to tokens.
+        eval_every_tokens: validation loss on the fixed validation set every this many training tokens (and at the
+            end); 0 evaluates only at the end.
+        val_tokens: size of the fixed validation set.
+        checkpoint_every_steps: resumable checkpoint interval (the last one is kept).
+        precision: ``auto`` (bf16-mixed on GPU, 32-true on CPU) or any Lightning precision string.
+        compile: ``torch.compile`` the model.
+        accelerator: ``auto``, ``cpu`` or ``gpu``.
+        devices: devices per node (data parallel when > 1).
+        num_nodes: nodes (data parallel across nodes through Lightning's SLURM environment).
+        strategy: ``auto``, ``ddp`` or ``fsdp``.
+        log_every_steps: training-loss logging interval.
+        loggers: any of ``csv`` (always useful), ``tensorboard``, ``wandb``.
+        deterministic: ask torch for deterministic algorithms (slower; for exact-resume tests).
+        progress_bar: show Lightning's progress bar (tokens/s and loss).
+    """
+
+    batch_size: int = 16
+    tokens: int | None = None
+    compute: float | None = None
+    eval_every_tokens: int = 0
+    val_tokens: int = 32768
+    checkpoint_every_steps: int = 200
+    precision: str = "auto"
+    compile: bool = False
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    log_every_steps: int = 10
+    loggers: list[str] = field(default_factory=lambda: ["csv"])
+    deterministic: bool = False
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.tokens is None) == (self.compute is None):
+            raise ConfigError("tokens", "give exactly one of train.tokens and train.compute")
+        if self.tokens is not None and self.tokens <= 0:
+            raise ConfigError("tokens", f"must be > 0, got {self.tokens}")
+        if self.compute is not None and self.compute <= 0:
+            raise ConfigError("compute", f"must be > 0, got {self.compute}")
+        for name in ("batch_size", "val_tokens", "checkpoint_every_steps", "devices", "num_nodes",
+                     "log_every_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.eval_every_tokens < 0:
+            raise ConfigError("eval_every_tokens", f"must be >= 0, got {self.eval_every_tokens}")
+        unknown = set(self.loggers) - {"csv", "tensorboard", "wandb"}
+        if unknown:
+            raise ConfigError("loggers", f"unknown logger(s) {sorted(unknown)}")
+
+
+@dataclass
+class TrialConfig:
+    """One training run.
+
+    Attributes:
+        experiment: what the trial belongs to (allocation, memory_scaling, placement, ablation, smoke, ...).
+        sweep: the sweep that planned it ("" for a lone run); names the results folder.
+        seed: data order and initialisation (hashing has its own ``model.engram.seed``).
+        axes: the sweep axis values of this trial (set by the planner; read by analysis).
+        model: the architecture; ``vocab_size`` is taken from ``data.vocab_size`` at resolution.
+        budget: when set, the model is placed by the budget solver.
+        data: corpus, tokenizer and sequence length.
+        optim: optimizers and schedule.
+        train: budget, precision, devices, checkpoints.
+    """
+
+    experiment: str = "custom"
+    sweep: str = ""
+    seed: int = 0
+    axes: dict = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    budget: BudgetConfig | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(tokens=1_000_000))
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ConfigError("seed", f"must be >= 0, got {self.seed}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``model.engram.layers=[1,5]`` -> (["model", "engram", "layers"], [1, 5]); values parse as YAML."""
+    if "=" not in item:
+        raise ConfigError(item, "an override is key=value, e.g. model.d_model=512")
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def set_path(tree: dict, path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            raise ConfigError(".".join(path), f"{part} is not a section")
+        node = node[part]
+    node[path[-1]] = value
+
+
+def load_yaml(path: str | Path) -> dict:
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as err:
+        raise ConfigError(str(path), f"cannot read the config file ({err.strerror})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "a trial config is a YAML mapping")
+    return data
+
+
+def trial_from_dict(data: dict, overrides: list[str] = ()) -> TrialConfig:
+    data = _deep_copy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        set_path(data, path, value)
+    return build(TrialConfig, data)
+
+
+def load_trial(path: str | Path, overrides: list[str] = ()) -> TrialConfig:
+    """Defaults, then the YAML file, then ``key=value`` overrides; every level validated."""
+    return trial_from_dict(load_yaml(path), overrides)
+
+
+def _deep_copy(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _deep_copy(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_deep_copy(v) for v in x]
+    return x
+
+
+def resolve(trial: TrialConfig) -> TrialConfig:
+    """The trial as it will run: vocabulary from the data, sequence cache covering ``data.seq_len``, and the model
+    placed by the budget solver when a budget is given. Pure config work: no data is touched."""
+    model = dataclasses.replace(trial.model, vocab_size=trial.data.vocab_size,
+                                max_seq_len=max(trial.model.max_seq_len, trial.data.seq_len))
+    if trial.budget is not None:
+        try:
+            model, _ = solve(model, trial.budget.total_params, trial.budget.rho, trial.budget.active_params,
+                             trial.budget.tolerance)
+        except ConfigError as err:
+            field_path = err.field if err.field.startswith("model.") else f"budget.{err.field}"
+            raise ConfigError(field_path, err.reason) from None
+    return dataclasses.replace(trial, model=model)
+
+
+def trial_id(resolved: TrialConfig) -> str:
+    return run_id(resolved.to_dict())

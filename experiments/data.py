@@ -1,0 +1,255 @@
+"""Data: corpus -> tokenizer -> token arrays per split -> deterministic batches addressed by optimizer step.
+
+Each split is materialised once as a flat token array (documents joined by ``<eos>``) with a parallel array of
+category ids, cached by content hash under ``$ENGRAM_LAB_CACHE`` (default ``~/.cache/engram-lab``). Training
+batches are addressed by step: sequence k of the run is chunk ``perm_e[k mod C]`` of epoch ``e = k // C`` (C chunks
+of ``seq_len + 1`` tokens, a seeded permutation per epoch), so a resumed run reads exactly the batches an
+uninterrupted one would, on any number of devices. Validation is a fixed prefix of the validation split.
+
+Shapes: B batch, T sequence length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from engram.config import ConfigError
+from experiments.synthetic import CATEGORIES, SyntheticConfig, SyntheticCorpus
+from experiments.text import is_validation, iter_file_documents, iter_hub_documents
+from experiments.tokenizer import Tokenizer, cache_dir, load_named, train_bpe
+
+TOKENS_VERSION = "tokens-1"  # part of the cache key: bump when tokenisation or packing changes
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it becomes token sequences.
+
+    Attributes:
+        source: ``synthetic`` (the embedded generated corpus, no files), ``files`` (local txt/jsonl/parquet files or
+            a folder, gzip allowed) or ``hub`` (a Hugging Face dataset by name, streamed; needs the hub).
+        path: file or folder for ``files``.
+        name, subset, split: dataset name, configuration and split for ``hub``.
+        text_field: the text column of jsonl/parquet/hub rows.
+        txt_split: documents of a .txt file: ``blank_line`` blocks, ``line``s or the whole ``file``.
+        val_fraction: share of documents (by content hash) held out for validation (``files`` and ``hub``).
+        tokenizer: ``bpe`` (byte-level BPE trained on the training split, cached) or a hub name / local path.
+        vocab_size: the model's vocabulary; a trained BPE gets exactly this many tokens, a named tokenizer must fit.
+        tokenizer_docs: training-split documents the BPE is trained on.
+        seq_len: tokens per training sequence.
+        max_train_tokens: cap on materialised training tokens for ``files`` / ``hub`` (0 = the whole split).
+        seed: seed of the document split (``files`` / ``hub``).
+        synthetic: the generated corpus's knobs (``source: synthetic``).
+    """
+
+    source: Literal["synthetic", "files", "hub"] = "synthetic"
+    path: str | None = None
+    name: str | None = None
+    subset: str | None = None
+    split: str = "train"
+    text_field: str = "text"
+    txt_split: Literal["blank_line", "line", "file"] = "blank_line"
+    val_fraction: float = 0.02
+    tokenizer: str = "bpe"
+    vocab_size: int = 4096
+    tokenizer_docs: int = 20000
+    seq_len: int = 256
+    max_train_tokens: int = 0
+    seed: int = 0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        if self.source == "files" and not self.path:
+            raise ConfigError("path", "data.source=files needs data.path (a file or folder)")
+        if self.source == "hub" and not self.name:
+            raise ConfigError("name", "data.source=hub needs data.name (a Hugging Face dataset)")
+        if self.source not in ("synthetic", "files", "hub"):
+            raise ConfigError("source", f"unknown {self.source!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError("val_fraction", f"must lie in (0, 1), got {self.val_fraction}")
+        if self.vocab_size < 260:
+            raise ConfigError("vocab_size", f"a byte-level vocabulary needs >= 260 tokens, got {self.vocab_size}")
+        for name in ("seq_len", "tokenizer_docs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class TokenSplit:
+    tokens: np.ndarray  # int32 [N]
+    categories: np.ndarray  # uint8 [N], index into names
+    names: list[str]
+    documents: int
+
+    def chunks(self, seq_len: int) -> int:
+        return max(0, (len(self.tokens) - 1) // seq_len)
+
+    def unigram_entropy(self) -> float:
+        """Entropy (nats) of the empirical token distribution: the loss of a model that ignores all context."""
+        counts = np.bincount(self.tokens)
+        p = counts[counts > 0] / counts.sum()
+        return float(-(p * np.log(p)).sum())
+
+
+@dataclass
+class Corpus:
+    tokenizer: Tokenizer
+    train: TokenSplit
+    validation: TokenSplit
+    info: dict  # recorded with the run: split rule, document and token counts, tokenizer fingerprint
+
+
+def _documents(cfg: DataConfig, split: str):
+    """(text, category) pairs of one split, in a fixed order."""
+    if cfg.source == "synthetic":
+        yield from SyntheticCorpus(cfg.synthetic).documents(split)
+        return
+    if cfg.source == "files":
+        docs = iter_file_documents(cfg.path, cfg.text_field, cfg.txt_split)
+    else:
+        docs = iter_hub_documents(cfg.name, cfg.subset, cfg.split, cfg.text_field)
+    want_val = split == "validation"
+    for text in docs:
+        if is_validation(text, cfg.seed, cfg.val_fraction) == want_val:
+            yield text, "text"
+
+
+def _materialise(cfg: DataConfig, tok: Tokenizer, split: str, max_tokens: int) -> TokenSplit:
+    """Tokenise documents (joined by <eos>) until ``max_tokens + 1`` tokens, or the whole split when 0."""
+    names = list(CATEGORIES) if cfg.source == "synthetic" else ["text"]
+    index = {n: i for i, n in enumerate(names)}
+    parts, cats, total, docs = [], [], 0, 0
+    stream = _documents(cfg, split)
+    while max_tokens == 0 or total <= max_tokens:
+        batch = [d for _, d in zip(range(256), stream)]
+        if not batch:
+            break
+        for ids, (_, category) in zip(tok.encode_batch([t for t, _ in batch]), batch):
+            ids.append(tok.eos_id)
+            parts.append(np.asarray(ids, dtype=np.int32))
+            cats.append(np.full(len(ids), index[category], dtype=np.uint8))
+            total += len(ids)
+            docs += 1
+    if not parts:
+        raise ValueError(f"the {split} split of the data is empty (source={cfg.source})")
+    return TokenSplit(np.concatenate(parts), np.concatenate(cats), names, docs)
+
+
+def _tokenizer(cfg: DataConfig) -> Tokenizer:
+    if cfg.tokenizer != "bpe":
+        tok = load_named(cfg.tokenizer)
+        if tok.vocab_size > cfg.vocab_size:
+            raise ConfigError("data.vocab_size", f"{cfg.vocab_size} is smaller than tokenizer {cfg.tokenizer!r}'s "
+                                                 f"{tok.vocab_size} tokens")
+        return tok
+    texts = [text for _, (text, _) in zip(range(cfg.tokenizer_docs), _documents(cfg, "train"))]
+    return train_bpe(texts, cfg.vocab_size)
+
+
+def _key(cfg: DataConfig, tok: Tokenizer, train_tokens: int, val_tokens: int) -> str:
+    blob = json.dumps([TOKENS_VERSION, dataclasses.asdict(cfg), tok.fingerprint(), train_tokens, val_tokens],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def load_corpus(cfg: DataConfig, train_tokens: int, val_tokens: int) -> Corpus:
+    """The tokenizer and both splits, from the cache when this exact request was materialised before.
+
+    Synthetic data is generated to ``train_tokens`` (each sequence seen once); files are read whole (or to
+    ``max_train_tokens``), so a small corpus is repeated in epochs.
+    """
+    tok = _tokenizer(cfg)
+    if cfg.source != "synthetic":
+        train_tokens = cfg.max_train_tokens
+    path = cache_dir() / "tokens" / f"{_key(cfg, tok, train_tokens, val_tokens)}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            train = TokenSplit(z["train"], z["train_cats"], meta["names"], meta["train_documents"])
+            val = TokenSplit(z["val"], z["val_cats"], meta["names"], meta["validation_documents"])
+    else:
+        train = _materialise(cfg, tok, "train", train_tokens)
+        val = _materialise(cfg, tok, "validation", val_tokens)
+        meta = {"names": train.names, "train_documents": train.documents, "validation_documents": val.documents}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+        np.savez(tmp, train=train.tokens, train_cats=train.categories, val=val.tokens, val_cats=val.categories,
+                 meta=json.dumps(meta))
+        os.replace(tmp, path)
+    if int(train.tokens.max()) >= cfg.vocab_size:
+        raise ConfigError("data.vocab_size", f"token id {int(train.tokens.max())} exceeds the vocabulary")
+    info = {
+        "source": cfg.source, "tokenizer": tok.name, "tokenizer_fingerprint": tok.fingerprint(),
+        "tokenizer_vocab": tok.vocab_size, "split_rule": ("independent generated streams" if cfg.source == "synthetic"
+                                                          else f"content hash < {cfg.val_fraction} (seed {cfg.seed})"),
+        "train_documents": train.documents, "validation_documents": val.documents,
+        "train_tokens_available": int(len(train.tokens)), "validation_tokens_available": int(len(val.tokens)),
+        "categories": train.names,
+    }
+    return Corpus(tok, train, val, info)
+
+
+class TrainBatches(torch.utils.data.IterableDataset):
+    """Batches [B, T] of (inputs, targets) from optimizer step ``start_step`` on, for one data-parallel rank."""
+
+    def __init__(self, split: TokenSplit, seq_len: int, batch_size: int, seed: int, start_step: int = 0,
+                 rank: int = 0, world: int = 1):
+        self.tokens = torch.from_numpy(split.tokens.astype(np.int64))
+        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+        self.start_step, self.rank, self.world = start_step, rank, world
+        self.n_chunks = split.chunks(seq_len)
+        if self.n_chunks == 0:
+            raise ValueError(f"the training split has fewer than seq_len + 1 = {seq_len + 1} tokens")
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def chunk(self, k: int) -> int:
+        epoch, pos = divmod(k, self.n_chunks)
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(self.n_chunks, generator=g))
+        return int(self._perm[1][pos])
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        first = (step * self.world + self.rank) * self.batch_size
+        rows = []
+        for k in range(first, first + self.batch_size):
+            start = self.chunk(k) * self.seq_len
+            rows.append(self.tokens[start:start + self.seq_len + 1])
+        seq = torch.stack(rows)
+        return seq[:, :-1], seq[:, 1:]
+
+    def __iter__(self):
+        step = self.start_step
+        while True:
+            yield self.batch(step)
+            step += 1
+
+
+class ValidationSet(torch.utils.data.Dataset):
+    """The fixed validation prefix as (inputs, targets, target categories) sequences; ranks take every world-th."""
+
+    def __init__(self, split: TokenSplit, seq_len: int, val_tokens: int, rank: int = 0, world: int = 1):
+        n = min(val_tokens // seq_len, split.chunks(seq_len))
+        if n == 0:
+            raise ValueError(f"the validation split has fewer than {seq_len + 1} tokens")
+        self.tokens = torch.from_numpy(split.tokens[: n * seq_len + 1].astype(np.int64))
+        self.cats = torch.from_numpy(split.categories[: n * seq_len + 1].astype(np.int64))
+        self.seq_len = seq_len
+        self.indices = list(range(rank, n, world))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        start = self.indices[i] * self.seq_len
+        seq = self.tokens[start:start + self.seq_len + 1]
+        return seq[:-1], seq[1:], self.cats[start + 1:start + self.seq_len + 1]

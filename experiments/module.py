@@ -1,0 +1,144 @@
+"""Lightning wrappers: the training task over :class:`engram.model.EngramLM` and the data module over a corpus."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from engram.compress import Compression
+from engram.model import EngramLM
+from experiments.config import TrialConfig
+from experiments.data import Corpus, TrainBatches, ValidationSet
+from experiments.optim import build_optimizers, set_learning_rates
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, step: int, loss: float):
+        self.step, self.loss = step, loss
+        super().__init__(f"loss became {loss} at step {step}")
+
+
+class LanguageModelTask(L.LightningModule):
+    """Next-token training with the paper's parameter groups, step-addressed data and per-category validation.
+
+    Optimization is manual so that the router-bias update runs before every optimizer step, the learning rate is
+    set from the step alone (nothing else to restore on resume), and a non-finite loss stops the run at once.
+    """
+
+    def __init__(self, trial: TrialConfig, compression: Compression, total_steps: int, categories: list[str]):
+        super().__init__()
+        self.automatic_optimization = False
+        self.trial = trial
+        self.model = EngramLM(trial.model, compression)
+        self.total_steps = total_steps
+        self.categories = list(categories)
+        self.tokens_per_step = trial.train.batch_size * trial.data.seq_len  # per device
+        self.val_curve: list[list[float]] = []  # [tokens, val_loss]
+        self.val_by_category: dict[str, float] = {}
+        self.recent_losses: list[float] = []
+        self.train_seconds = 0.0
+        self._step_start: float | None = None
+
+    def configure_model(self) -> None:
+        if self.trial.train.compile and not getattr(self, "_compiled", False):
+            self.model.compile()
+            self._compiled = True
+
+    def configure_optimizers(self):
+        return build_optimizers(self.model, self.trial.optim)
+
+    def tokens_seen(self) -> int:
+        return self.global_step * self.tokens_per_step * self.trainer.world_size
+
+    # -- training -------------------------------------------------------------------------------------------------
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._step_start = time.perf_counter()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        opt = self.optimizers()
+        step = self.global_step
+        lr_factor = set_learning_rates(opt.optimizer, step, self.total_steps, self.trial.optim)
+        out = self.model.loss(x, y)
+        loss_value = out.lm_loss.detach()
+        if not torch.isfinite(out.loss):
+            raise Diverged(step, float(out.loss))
+        self.manual_backward(out.loss)
+        if self.trial.optim.grad_clip > 0:
+            self.clip_gradients(opt, gradient_clip_val=self.trial.optim.grad_clip, gradient_clip_algorithm="norm")
+        self.model.update_router_biases()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.recent_losses = (self.recent_losses + [float(loss_value)])[-20:]
+        if step % self.trial.train.log_every_steps == 0 or step == self.total_steps - 1:
+            tok_s = self.tokens_per_step * self.trainer.world_size * (step + 1) / max(self.train_seconds, 1e-9)
+            self.log_dict({"train_loss": loss_value, "lr_factor": lr_factor, "tokens": float(self.tokens_seen()),
+                           "tok_s": tok_s}, prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
+        return out.loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self._step_start is not None:
+            if torch.cuda.is_available() and self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.train_seconds += time.perf_counter() - self._step_start
+
+    # -- validation -----------------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        n = len(self.categories)
+        self._sum = torch.zeros(n, dtype=torch.float64, device=self.device)
+        self._count = torch.zeros(n, dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch, batch_idx) -> None:
+        x, y, cats = batch
+        logits = self.model(x)
+        nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").double()
+        self._sum.index_add_(0, cats.flatten(), nll)
+        self._count.index_add_(0, cats.flatten(), torch.ones_like(nll))
+
+    def on_validation_epoch_end(self) -> None:
+        total = self.trainer.strategy.reduce(self._sum, reduce_op="sum")
+        count = self.trainer.strategy.reduce(self._count, reduce_op="sum")
+        val_loss = float(total.sum() / count.sum())
+        self.val_by_category = {c: float(total[i] / count[i]) for i, c in enumerate(self.categories) if count[i] > 0}
+        tokens = self.tokens_seen()
+        if not self.val_curve or self.val_curve[-1][0] != tokens:
+            self.val_curve.append([tokens, val_loss])
+        self.log("val_loss", val_loss, prog_bar=True, rank_zero_only=True, sync_dist=False)
+
+    # -- resumable state ------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["engram_lab"] = {"val_curve": self.val_curve, "train_seconds": self.train_seconds,
+                                    "recent_losses": self.recent_losses, "rng": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("engram_lab", {})
+        self.val_curve = [list(p) for p in state.get("val_curve", [])]
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.recent_losses = list(state.get("recent_losses", []))
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])
+
+
+class CorpusDataModule(L.LightningDataModule):
+    """Step-addressed training batches from the trainer's restored step, and the fixed validation set."""
+
+    def __init__(self, corpus: Corpus, trial: TrialConfig):
+        super().__init__()
+        self.corpus, self.trial = corpus, trial
+
+    def train_dataloader(self):
+        t = self.trainer
+        data = TrainBatches(self.corpus.train, self.trial.data.seq_len, self.trial.train.batch_size, self.trial.seed,
+                            start_step=t.global_step, rank=t.global_rank, world=t.world_size)
+        return torch.utils.data.DataLoader(data, batch_size=None, num_workers=0)
+
+    def val_dataloader(self):
+        t = self.trainer
+        data = ValidationSet(self.corpus.validation, self.trial.data.seq_len, self.trial.train.val_tokens,
+                             rank=t.global_rank, world=t.world_size)
+        return torch.utils.data.DataLoader(data, batch_size=self.trial.train.batch_size, shuffle=False)

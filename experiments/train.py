@@ -1,0 +1,176 @@
+"""One trial, end to end: resolve the config, train with Lightning (resuming if a checkpoint exists), evaluate,
+export the model and write the run record — completed, failed or diverged — exactly once.
+
+Layout: the record goes to ``<results>/<sweep>/runs/<run_id>.json`` (small, kept in git); checkpoints, logs and
+the exported model to ``<workdir>/<sweep>/<run_id>/`` (large, not in git).
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from engram.budget import count
+from engram.device import device_name, mfu
+from experiments.config import TrialConfig, resolve, trial_id
+from experiments.records import read_json, run_path, write_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (out.stdout.strip() + ("-dirty" if dirty else "")) if out.returncode == 0 else None
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    found = {"python": platform.python_version()}
+    for pkg in ("torch", "lightning", "numpy", "tokenizers", "triton"):
+        try:
+            found[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return found
+
+
+def plan_steps(trial: TrialConfig, world: int) -> tuple[int, int]:
+    """(optimizer steps, training tokens) for the trial's token or FLOPs budget on ``world`` devices."""
+    per_step = trial.train.batch_size * trial.data.seq_len * world
+    tokens = trial.train.tokens
+    if tokens is None:
+        tokens = trial.train.compute / count(trial.model, seq_len=trial.data.seq_len).train_flops_per_token
+    steps = max(1, math.ceil(tokens / per_step))
+    return steps, steps * per_step
+
+
+def existing_record(results: str | Path, trial: TrialConfig) -> dict | None:
+    resolved = resolve(trial)
+    path = run_path(results, resolved.sweep, trial_id(resolved))
+    return read_json(path) if path.exists() else None
+
+
+def run_trial(trial: TrialConfig, results: str | Path = "results", workdir: str | Path = "runs") -> dict:
+    """Train ``trial`` and return its run record. A completed record already on disk is returned untouched."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from experiments.checkpoint import save_model
+    from experiments.data import load_corpus
+    from experiments.module import CorpusDataModule, Diverged, LanguageModelTask
+
+    resolved = resolve(trial)
+    rid = trial_id(resolved)
+    record_file = run_path(results, resolved.sweep, rid)
+    if record_file.exists():
+        previous = read_json(record_file)
+        if previous.get("status") == "completed":
+            return previous
+    run_dir = Path(workdir) / (resolved.sweep or "_runs") / rid
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t = resolved.train
+    world = t.devices * t.num_nodes
+    steps, tokens = plan_steps(resolved, world)
+    counts = count(resolved.model, seq_len=resolved.data.seq_len)
+    started = time.time()
+    base = {
+        "run_id": rid, "sweep": resolved.sweep, "experiment": resolved.experiment, "axes": resolved.axes,
+        "seed": resolved.seed, "config": resolved.to_dict(),
+        "accounting": {**counts.as_record(), "tokens": tokens, "steps": steps,
+                       "total_flops": tokens * counts.train_flops_per_token},
+        "versions": versions(), "git_commit": git_commit(), "checkpoint": None,
+    }
+
+    def finish(status: str, metrics: dict, reason: str | None = None, diverged_step: int | None = None,
+               trainer=None) -> dict:
+        record = {**base, "status": status, "reason": reason, "diverged_step": diverged_step, "metrics": metrics,
+                  "wall_time_s": time.time() - started, "device": device_name(),
+                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        if trainer is None or trainer.is_global_zero:
+            write_atomic(record_file, record)
+        return record
+
+    L.seed_everything(resolved.seed, workers=True, verbose=False)
+    trainer = None
+    try:
+        corpus = load_corpus(resolved.data, tokens + 1, t.val_tokens)
+        compression = corpus.tokenizer.compression(resolved.model.vocab_size)
+        task = LanguageModelTask(resolved, compression, steps, corpus.train.names)
+        ckpt_dir = run_dir / "checkpoints"
+        eval_every = max(1, t.eval_every_tokens // (t.batch_size * resolved.data.seq_len * world)) \
+            if t.eval_every_tokens else steps
+        loggers = [CSVLogger(run_dir, name="logs", version="")]
+        if "tensorboard" in t.loggers:
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
+        if "wandb" in t.loggers:
+            from lightning.pytorch.loggers import WandbLogger
+
+            loggers.append(WandbLogger(project="engram-lab", name=rid, save_dir=str(run_dir)))
+        precision = t.precision
+        if precision == "auto":
+            precision = "bf16-mixed" if (torch.cuda.is_available() and t.accelerator != "cpu") else "32-true"
+        strategy = t.strategy
+        if strategy == "ddp" and t.accelerator == "cpu":
+            strategy = L.pytorch.strategies.DDPStrategy(process_group_backend="gloo")
+        plugins = []
+        if "SLURM_JOB_ID" in os.environ:
+            from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+            plugins.append(SLURMEnvironment(auto_requeue=False))  # submitit owns requeueing
+        trainer = L.Trainer(
+            default_root_dir=run_dir, max_steps=steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices,
+            num_nodes=t.num_nodes, strategy=strategy, precision=precision, logger=loggers, plugins=plugins,
+            callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=t.checkpoint_every_steps,
+                                       save_top_k=0, save_last=True)],
+            val_check_interval=eval_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
+            enable_progress_bar=t.progress_bar,
+            enable_model_summary=False, deterministic=t.deterministic, use_distributed_sampler=False,
+            log_every_n_steps=t.log_every_steps,
+        )
+        data = CorpusDataModule(corpus, resolved)
+        last = ckpt_dir / "last.ckpt"
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*that ended before the epoch ended.*")
+            trainer.fit(task, datamodule=data, ckpt_path=str(last) if last.exists() else None, weights_only=True)
+            if not task.val_curve or task.val_curve[-1][0] != task.tokens_seen():
+                trainer.validate(task, datamodule=data, verbose=False)
+    except Diverged as err:
+        return finish("diverged", {"diverged_loss": err.loss}, reason=str(err), diverged_step=err.step,
+                      trainer=trainer)
+    except Exception as err:  # any other failure is recorded, then surfaces to the caller
+        finish("failed", {}, reason=f"{type(err).__name__}: {err}", trainer=trainer)
+        raise
+    model_dir = run_dir / "model"
+    if trainer.is_global_zero:
+        save_model(model_dir, task.model, resolved, corpus.tokenizer)
+    tok_s = task.tokens_per_step * world * steps / max(task.train_seconds, 1e-9)
+    metrics = {
+        "val_loss": task.val_curve[-1][1],
+        "val_loss_by_category": task.val_by_category,
+        "val_curve": task.val_curve,
+        "train_loss": sum(task.recent_losses) / max(1, len(task.recent_losses)),
+        "unigram_entropy": corpus.validation.unigram_entropy(),
+        "tokens_per_second": tok_s,
+        "mfu": mfu(tok_s, counts.train_flops_per_token, device_name()),
+        "data": corpus.info,
+    }
+    base["checkpoint"] = str(model_dir)
+    return finish("completed", metrics, trainer=trainer)
