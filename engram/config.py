@@ -326,6 +326,11 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(path, f"expected true/false, got {value!r}")
+    if hint in (int, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads "2e6" as a string; accept numbers written that way
+            value = float(value)
+        except ValueError:
+            raise ConfigError(path, f"expected a number, got {value!r}") from None
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
             raise ConfigError(path, f"expected an integer, got {value!r}")

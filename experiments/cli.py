@@ -34,10 +34,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def train_command(args) -> int:
-    from experiments.config import load_trial
-    from experiments.train import run_trial
+    import traceback
 
-    record = run_trial(load_trial(args.config, args.overrides), results=args.results, workdir=args.workdir)
+    from experiments.config import load_trial
+    from experiments.train import TrialFailed, run_trial
+
+    try:
+        record = run_trial(load_trial(args.config, args.overrides), results=args.results, workdir=args.workdir)
+    except TrialFailed as err:
+        traceback.print_exception(err.__cause__)
+        record = err.record
     m = record["metrics"]
     print(f"run {record['run_id']}: {record['status']}" + (f" ({record['reason']})" if record["reason"] else ""))
     if record["status"] == "completed":

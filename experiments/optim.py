@@ -4,7 +4,7 @@
 * Backbone: AdamW, or ``torch.optim.Muon`` for every 2-D hidden matrix (attention, dense and shared-expert MLPs,
   Engram's value projection) with AdamW for the rest: embedding, head, norms, router, hyper-connections and the
   3-D stacks (routed experts, per-branch keys), which ``torch.optim.Muon`` does not take.
-* Weight decay applies to matrices only (not to norms, biases, gains, the embedding or the tables).
+* Weight decay applies to matrices only (not to norms, hyper-connection gains, biases, the embedding or the tables).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 
 from engram.config import ConfigError
+from engram.layers import HyperConnection, RMSNorm
 from engram.model import EngramLM, component_of
 
 
@@ -95,12 +96,15 @@ MUON_COMPONENTS = ("attention", "dense_mlp", "shared_experts", "engram_dense")
 def parameter_groups(model: EngramLM, cfg: OptimConfig) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
     """Parameters by optimizer group: ``tables``, ``muon`` (when used), ``decay`` and ``no_decay``."""
     groups: dict[str, list] = {"tables": [], "muon": [], "decay": [], "no_decay": []}
+    gains = {id(p) for m in model.modules() if isinstance(m, (RMSNorm, HyperConnection)) for p in m.parameters()}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         kind = component_of(name)
         if kind == "engram_tables":
             groups["tables"].append((name, p))
+        elif id(p) in gains:
+            groups["no_decay"].append((name, p))
         elif cfg.optimizer == "muon" and p.ndim == 2 and kind in MUON_COMPONENTS:
             groups["muon"].append((name, p))
         elif p.ndim >= 2 and kind != "embedding":

@@ -7,7 +7,9 @@ the exported model to ``<workdir>/<sweep>/<run_id>/`` (large, not in git).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import math
 import os
 import platform
@@ -48,6 +50,52 @@ def versions() -> dict:
     return found
 
 
+class TrialBusy(RuntimeError):
+    """Another process is running this trial now (it holds the trial's lock)."""
+
+
+class TrialFailed(RuntimeError):
+    """The trial raised; its failed record is written (``.record``) and the original error is the cause."""
+
+    def __init__(self, record: dict):
+        self.record = record
+        super().__init__(record["reason"])
+
+
+@contextlib.contextmanager
+def trial_lock(run_dir: Path):
+    """Exclusive lock on a trial's folder, released by the kernel when its holder dies (so a lock never goes stale).
+
+    Two drivers, two array tasks or a requeued job and its ghost can never train the same trial at once.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrialBusy(f"{run_dir} is being trained by another process") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.uname().nodename} {os.getpid()} {os.environ.get('SLURM_JOB_ID', '')}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def launch_rank() -> int:
+    """This process's global rank as its launcher set it (Lightning's subprocess launcher or SLURM tasks)."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def trial_dir(workdir: str | Path, sweep: str, rid: str) -> Path:
+    return Path(workdir) / (sweep or "_runs") / rid
+
+
 def plan_steps(trial: TrialConfig, world: int) -> tuple[int, int]:
     """(optimizer steps, training tokens) for the trial's token or FLOPs budget on ``world`` devices."""
     per_step = trial.train.batch_size * trial.data.seq_len * world
@@ -64,8 +112,31 @@ def existing_record(results: str | Path, trial: TrialConfig) -> dict | None:
     return read_json(path) if path.exists() else None
 
 
-def run_trial(trial: TrialConfig, results: str | Path = "results", workdir: str | Path = "runs") -> dict:
-    """Train ``trial`` and return its run record. A completed record already on disk is returned untouched."""
+def run_trial(trial: TrialConfig, results: str | Path = "results", workdir: str | Path = "runs",
+              callbacks: list | None = None, on_record=None) -> dict:
+    """Train ``trial`` and return its run record. A completed record already on disk is returned untouched.
+
+    ``callbacks`` are extra Lightning callbacks (an Optuna pruner, say); ``on_record(record)`` runs under the trial's
+    lock once the record is written, whatever its status. Raises :class:`TrialBusy` when another process holds the
+    trial, and :class:`TrialFailed` (after writing the failed record) when training raised.
+    """
+    resolved = resolve(trial)
+    rid = trial_id(resolved)
+    if launch_rank() > 0:  # a data-parallel peer started by the launcher: rank 0 holds the lock and the record
+        return _run_locked(resolved, rid, Path(results), Path(workdir), callbacks or [])
+    with trial_lock(trial_dir(workdir, resolved.sweep, rid)):
+        try:
+            record = _run_locked(resolved, rid, Path(results), Path(workdir), callbacks or [])
+        except TrialFailed as err:
+            if on_record is not None:
+                on_record(err.record)
+            raise
+        if on_record is not None:
+            on_record(record)
+        return record
+
+
+def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, callbacks: list) -> dict:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -74,15 +145,12 @@ def run_trial(trial: TrialConfig, results: str | Path = "results", workdir: str 
     from experiments.data import load_corpus
     from experiments.module import CorpusDataModule, Diverged, LanguageModelTask
 
-    resolved = resolve(trial)
-    rid = trial_id(resolved)
     record_file = run_path(results, resolved.sweep, rid)
     if record_file.exists():
         previous = read_json(record_file)
         if previous.get("status") == "completed":
             return previous
-    run_dir = Path(workdir) / (resolved.sweep or "_runs") / rid
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = trial_dir(workdir, resolved.sweep, rid)
     t = resolved.train
     world = t.devices * t.num_nodes
     steps, tokens = plan_steps(resolved, world)
@@ -138,7 +206,7 @@ def run_trial(trial: TrialConfig, results: str | Path = "results", workdir: str 
             default_root_dir=run_dir, max_steps=steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices,
             num_nodes=t.num_nodes, strategy=strategy, precision=precision, logger=loggers, plugins=plugins,
             callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=t.checkpoint_every_steps,
-                                       save_top_k=0, save_last=True)],
+                                       save_top_k=0, save_last=True), *callbacks],
             val_check_interval=eval_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
             enable_progress_bar=t.progress_bar,
             enable_model_summary=False, deterministic=t.deterministic, use_distributed_sampler=False,
@@ -156,8 +224,7 @@ def run_trial(trial: TrialConfig, results: str | Path = "results", workdir: str 
         return finish("diverged", {"diverged_loss": err.loss}, reason=str(err), diverged_step=err.step,
                       trainer=trainer)
     except Exception as err:  # any other failure is recorded, then surfaces to the caller
-        finish("failed", {}, reason=f"{type(err).__name__}: {err}", trainer=trainer)
-        raise
+        raise TrialFailed(finish("failed", {}, reason=f"{type(err).__name__}: {err}", trainer=trainer)) from err
     model_dir = run_dir / "model"
     if trainer.is_global_zero:
         save_model(model_dir, task.model, resolved, corpus.tokenizer)

@@ -1,0 +1,420 @@
+"""Fitted laws from the run table, one per paper experiment, saved as ``fits.json``.
+
+Which runs feed which fit is decided by the record's ``experiment`` field (experiments/records.py):
+
+    u_curve         allocation       val_loss vs achieved rho (accounting.rho), per axes.budget
+    memory_scaling  memory_scaling   val_loss vs accounting.engram_slots, per method (axes.method, else the variant)
+    placement       placement        val_loss vs axes.layers (single layers, and splits across several)
+    ablation        ablation         val_loss of each axes.ablation against the row named "reference"
+
+Only completed runs are fitted; every fit says how many runs of its experiment it left out. Each fit carries the
+model formula, n, coefficients with intervals, R² and a plain-language ``verdict``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.oneway import anova_oneway
+
+from analysis import stats
+from analysis.data import completed_runs, exclusion_summary
+from experiments.records import write_atomic
+
+LOSS = "metrics.val_loss"
+SCHEMA = "engram-lab/fits/1"
+EXPERIMENTS = {"u_curve": "allocation", "memory_scaling": "memory_scaling", "placement": "placement",
+               "ablation": "ablation"}
+
+
+def fit_all(df: pd.DataFrame, level: float = stats.LEVEL, n_boot: int = 2000, seed: int = 0,
+            sweeps: list[str] | None = None) -> dict:
+    """Every fit the table supports, plus the run accounting (how many runs, how many left out and why)."""
+    return {
+        "schema": SCHEMA,
+        "sweeps": sorted(sweeps) if sweeps is not None else sorted({str(s) for s in df["sweep"].unique()}),
+        "level": level,
+        "runs": exclusion_summary(df),
+        "orphan_evals": list(df.attrs.get("orphan_evals", [])),
+        "u_curve": fit_u_curve(df, level, n_boot, seed),
+        "memory_scaling": fit_memory_scaling(df, level),
+        "placement": fit_placement(df, level),
+        "ablation": fit_ablation(df, level),
+    }
+
+
+def save_fits(fits: dict, path: str | Path) -> Path:
+    """Write fits atomically as strict JSON (non-finite numbers become null)."""
+    return write_atomic(path, jsonable(fits))
+
+
+def jsonable(obj):
+    """Plain JSON types: numpy scalars unwrapped, tuples to lists, NaN and ±inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def _experiment(df: pd.DataFrame, name: str) -> tuple[pd.DataFrame, int]:
+    rows = df[df["experiment"] == name]
+    ok = completed_runs(rows)
+    return ok, len(rows) - len(ok)
+
+
+def _none(experiment: str, n_excluded: int = 0) -> dict:
+    return {"status": "no runs", "experiment": experiment, "n": 0, "n_excluded": n_excluded,
+            "verdict": f"cannot tell: no completed {experiment} runs"}
+
+
+def _fmt_ci(ci, digits: int = 4) -> str:
+    if ci is None or any(v is None for v in ci):
+        return "unbounded"
+    return f"{ci[0]:.{digits}f} to {ci[1]:.{digits}f}"
+
+
+def budget_order(value) -> float:
+    """Sort key of a budget axis value such as "2e20" (non-numeric names sort last)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.inf
+
+
+# --- U-curve ------------------------------------------------------------------------------------------------------
+
+
+def fit_u_curve(df: pd.DataFrame, level: float = stats.LEVEL, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Quadratic (and cubic, for comparison) fits of val_loss on achieved rho, one per ``axes.budget``."""
+    runs, n_excl = _experiment(df, EXPERIMENTS["u_curve"])
+    if runs.empty:
+        return _none("allocation", n_excl)
+    budgets = runs["axes.budget"].astype(str) if "axes.budget" in runs else pd.Series("all", index=runs.index)
+    out = {"status": "ok", "experiment": "allocation", "n": int(len(runs)), "n_excluded": n_excl, "budgets": {}}
+    excluded_by_budget = {}
+    if n_excl:
+        bad = df[(df["experiment"] == "allocation") & (df["status"] != "completed")]
+        bb = bad["axes.budget"].astype(str) if "axes.budget" in bad else pd.Series("all", index=bad.index)
+        excluded_by_budget = bb.value_counts().to_dict()
+    for budget in sorted(budgets.unique(), key=budget_order):
+        group = runs[budgets == budget]
+        out["budgets"][budget] = fit_u_curve_group(group, level, n_boot, seed, excluded_by_budget.get(budget, 0))
+        out["budgets"][budget]["budget"] = budget
+    out["stability"] = _rho_star_stability(out["budgets"], level)
+    out["verdict"] = "; ".join(f"{b}: {f['verdict']}" for b, f in out["budgets"].items())
+    return out
+
+
+def fit_u_curve_group(runs: pd.DataFrame, level: float = stats.LEVEL, n_boot: int = 2000, seed: int = 0,
+                      n_excluded: int = 0) -> dict:
+    """The U-curve fit of one budget's completed runs (see :func:`analysis.stats.quadratic_optimum`).
+
+    With at least two seeds at every rho the fit is WLS on the per-rho means with weights 1/variance of the mean.
+    Each point's seed variance is shrunk toward the pooled one, the pooled variance weighing twice the median
+    per-point df (a typical point's own variance gets a third of the weight): a variance from two or three seeds
+    can be near zero by chance and would hand that point the whole fit. The residual scale is still estimated from
+    the fit, so lack of fit widens the intervals. Otherwise (a rho with one seed) OLS on the runs.
+
+    Measured coverage of the 95% rho* intervals (1000 draws of a quadratic law, 10 rho values): one seed (OLS)
+    0.945; two seeds 0.93 (delta) / 0.92 (bootstrap), whatever the shrinkage, the ratio -b/2c being strongly
+    nonlinear at that noise; three seeds 0.94; heteroscedastic seed noise 0.97.
+    """
+    no_rho = runs["accounting.rho"].isna() if "accounting.rho" in runs else pd.Series(True, index=runs.index)
+    runs = runs[~no_rho]
+    base = {"experiment": "allocation", "x": "accounting.rho", "y": LOSS, "n": int(len(runs)),
+            "n_excluded": int(n_excluded + no_rho.sum()), "formula": "val_loss = a + b*rho + c*rho^2"}
+    x_run = runs["accounting.rho"].astype(float).to_numpy()
+    y_run = runs[LOSS].astype(float).to_numpy()
+    points = (pd.DataFrame({"rho": x_run.round(9), "loss": y_run}).groupby("rho")["loss"]
+              .agg(n="count", mean="mean", sd="std").reset_index())
+    base["n_points"] = int(len(points))
+    base["points"] = points.to_dict("records")
+    if len(points) < 4:
+        return {**base, "status": "insufficient data",
+                "verdict": f"cannot tell: {len(points)} distinct rho values, a quadratic with an interval needs 4"}
+    if (points["n"] >= 2).all():
+        df_i = points["n"] - 1
+        pooled = float(((points["sd"] ** 2) * df_i).sum() / df_i.sum())
+        prior = 2.0 * float(df_i.median())
+        var = (df_i * points["sd"] ** 2 + prior * pooled) / (df_i + prior)
+        x, y, w = points["rho"].to_numpy(), points["mean"].to_numpy(), (points["n"] / var).to_numpy()
+        if not np.all(np.isfinite(w)):
+            x, y, w = x_run, y_run, None
+        method = "WLS on per-rho means, weights n / seed variance (shrunk to the pooled variance)"
+    else:
+        x, y, w = x_run, y_run, None
+    if w is None:  # fewer than two seeds somewhere, or no seed spread at all: the runs themselves are the data
+        method = "OLS on runs"
+    q = stats.quadratic_optimum(x, y, w, level=level, n_boot=n_boot, seed=seed, ref=1.0)
+    out = {**base, "status": "ok", "method": method, "coefficients": q["coefficients"], **q["quality"],
+           "params": q["params"], "cov": q["cov"], "rho_range": q["x_range"], "rho_star": q["optimum"],
+           "curvature": q["curvature"], "interior": q["interior"], "loss_at_rho_star": q["loss_at_optimum"],
+           "loss_gap_rho1": q["gap"], "n": int(len(runs)),
+           # residual variance of one run: the fit's scale for OLS on runs; for WLS on means, scale / mean weight x n
+           "scale_per_run": q["scale"] if w is None else q["scale"] * float(np.mean(points["n"] / w))}
+    out["n_fit_rows"] = int(len(x))
+    if len(x) - 4 >= 1:
+        alt = stats.cubic_alternative(x, y, w, level)
+        out["alternative"] = {"formula": "val_loss = a + b*rho + c*rho^2 + d*rho^3", **alt}
+        out["preferred_by_aic"] = "quadratic" if q["quality"]["aic"] <= alt["quality"]["aic"] else "cubic"
+        out["preferred_by_bic"] = "quadratic" if q["quality"]["bic"] <= alt["quality"]["bic"] else "cubic"
+    out["verdict"] = _u_verdict(out, level)
+    return out
+
+
+def _u_verdict(f: dict, level: float) -> str:
+    r, c, g = f["rho_star"], f["curvature"], f["loss_gap_rho1"]
+    pct = f"{round(level * 100)}%"
+    where = (f"rho* = {r['estimate']:.3f} ({pct} CI {_fmt_ci(r['ci_delta'], 3)} delta method, "
+             f"{_fmt_ci(r['ci_bootstrap'], 3)} bootstrap)")
+    if f["interior"]:
+        return (f"U-shaped: interior optimum at {where}; curvature p = {c['p_positive']:.2g}; pure MoE (rho = 1) "
+                f"costs {g['estimate']:.4f} in loss (bootstrap CI {_fmt_ci(g['ci_bootstrap'])})")
+    if c["estimate"] <= 0 or c["p_positive"] >= 1 - level:
+        return (f"no interior optimum shown: curvature {c['estimate']:.3g} is not significantly positive "
+                f"(p = {c['p_positive']:.2g}); the points are consistent with a monotone or flat curve")
+    lo, hi = f["rho_range"]
+    return (f"curved, but the optimum is not shown inside the sampled range [{lo:.2f}, {hi:.2f}]: {where}; "
+            f"no interior optimum shown")
+
+
+def _rho_star_stability(budgets: dict, level: float) -> dict | None:
+    """rho* of the largest budget minus that of the smallest, with a delta-method interval (independent fits)."""
+    fitted = [(b, f) for b, f in budgets.items() if f.get("status") == "ok" and f["curvature"]["estimate"] > 0]
+    if len(fitted) < 2:
+        return None
+    (b0, f0), (b1, f1) = fitted[0], fitted[-1]
+    d = f1["rho_star"]["estimate"] - f0["rho_star"]["estimate"]
+    se = math.hypot(f0["rho_star"]["se_delta"], f1["rho_star"]["se_delta"])
+    df = min(f0["df_resid"], f1["df_resid"])  # conservative: the smaller residual df of the two fits
+    tq = stats.t_quantile(level, df)
+    return {"budgets": [b0, b1], "difference": d, "se": se, "ci": [d - tq * se, d + tq * se]}
+
+
+# --- memory scaling -----------------------------------------------------------------------------------------------
+
+
+def _method(runs: pd.DataFrame) -> pd.Series:
+    for col in ("axes.method", "config.model.engram.variant"):
+        if col in runs and runs[col].notna().any():
+            return runs[col].fillna(runs["model"]).astype(str)
+    return runs["model"].astype(str)
+
+
+def fit_memory_scaling(df: pd.DataFrame, level: float = stats.LEVEL) -> dict:
+    """Power law and log-linear fits of val_loss on Engram slots per method, and method differences.
+
+    Runs without slots (a no-memory backbone) cannot enter a log fit; they are summarised as ``baseline``.
+    Method differences come from one pooled two-line fit per method pair against the reference method
+    (``engram`` when present): the level difference at the geometric mean of the slot counts and the slope
+    difference per decade; the exponent difference from the same fit on log loss.
+    """
+    runs, n_excl = _experiment(df, EXPERIMENTS["memory_scaling"])
+    if runs.empty:
+        return _none("memory_scaling", n_excl)
+    slots = (runs["accounting.engram_slots"].astype(float) if "accounting.engram_slots" in runs
+             else pd.Series(np.nan, index=runs.index))
+    has = slots.notna() & (slots > 0)
+    method = _method(runs)
+    out = {"status": "ok", "experiment": "memory_scaling", "x": "accounting.engram_slots", "y": LOSS,
+           "n": int(len(runs)), "n_excluded": n_excl, "methods": {}, "comparisons": {}, "baseline": None}
+    if (~has).any():
+        out["baseline"] = stats.mean_interval(runs.loc[~has, LOSS].astype(float), level)
+    mem = pd.DataFrame({"method": method[has], "slots": slots[has], "loss": runs.loc[has, LOSS].astype(float)})
+    for name, g in mem.groupby("method"):
+        out["methods"][name] = _memory_method(g, level)
+    if mem.empty:
+        out["status"] = "insufficient data"
+        out["verdict"] = "cannot tell: no runs with Engram slots"
+        return out
+    s_ref = float(10 ** np.log10(mem["slots"]).mean())
+    out["slots_reference"] = s_ref
+    names = sorted(out["methods"])
+    ref = "engram" if "engram" in names else names[0]
+    for other in names:
+        pair = mem[mem["method"].isin([ref, other])]
+        if other == ref or pair.groupby("method")["slots"].nunique().min() < 2 or len(pair) < 5:
+            continue
+        second = (pair["method"] == other).to_numpy()
+        lin = stats.two_group_lines(np.log10(pair["slots"] / s_ref), pair["loss"], second, level)
+        log = stats.two_group_lines(np.log(pair["slots"]), np.log(pair["loss"]), second, level)
+        sd = log["slope_difference"]
+        alpha_diff = {"estimate": -sd["estimate"], "se": sd["se"], "ci": [-sd["ci"][1], -sd["ci"][0]], "p": sd["p"]}
+        lv = lin["level_difference"]
+        out["comparisons"][f"{other} - {ref}"] = {
+            "formula": "val_loss = a + b*x + d*(a2 + b2*x), x = log10(slots / slots_reference), d = 1 for " + other,
+            "level_difference_at_reference": lv, "slope_difference_per_decade": lin["slope_difference"],
+            "alpha_difference": alpha_diff, "n": int(len(pair)),
+            "verdict": (f"{other} minus {ref} at {s_ref:.3g} slots: {lv['estimate']:+.4f} "
+                        f"(CI {_fmt_ci(lv['ci'])}); exponent difference {alpha_diff['estimate']:+.4f} "
+                        f"(CI {_fmt_ci(alpha_diff['ci'])})")}
+    out["verdict"] = "; ".join(f"{m}: {f['verdict']}" for m, f in out["methods"].items())
+    return out
+
+
+def _memory_method(g: pd.DataFrame, level: float) -> dict:
+    points = g.groupby("slots")["loss"].agg(n="count", mean="mean", sd="std").reset_index()
+    base = {"n": int(len(g)), "n_slots": int(len(points)), "points": points.to_dict("records")}
+    if len(points) < 2 or len(g) < 3:
+        return {**base, "status": "insufficient data",
+                "verdict": f"cannot tell: {len(points)} slot counts and {len(g)} runs"}
+    pl = stats.power_law(g["slots"], g["loss"], level)
+    ll = stats.log_linear(g["slots"], g["loss"], level)
+    b, alpha = ll["coefficients"]["b"], pl["coefficients"]["alpha"]
+    if b["ci"][1] < 0:
+        trend = f"loss falls by {-b['estimate']:.4f} per decade of slots (CI {_fmt_ci(b['ci'])})"
+    elif b["ci"][0] > 0:
+        trend = f"loss rises by {b['estimate']:.4f} per decade of slots (CI {_fmt_ci(b['ci'])})"
+    else:
+        trend = f"no detectable trend: slope {b['estimate']:+.4f} per decade (CI {_fmt_ci(b['ci'])})"
+    best = "log_linear" if ll["quality"]["aic_loss_scale"] <= pl["quality"]["aic_loss_scale"] else "power_law"
+    return {**base, "status": "ok", "power_law": pl, "log_linear": ll, "preferred_by_aic": best,
+            "verdict": f"{trend}; power-law exponent alpha = {alpha['estimate']:.4f} (CI {_fmt_ci(alpha['ci'])}); "
+                       f"R² {ll['quality']['r2']:.2f} (log-linear), {pl['quality']['r2']:.2f} (log-log)"}
+
+
+# --- placement ----------------------------------------------------------------------------------------------------
+
+
+def placement_layers(runs: pd.DataFrame) -> pd.Series:
+    """Each run's Engram layers as a tuple: axes.layers, else config.model.engram.layers (None when neither)."""
+    col = runs["axes.layers"] if "axes.layers" in runs else pd.Series(None, index=runs.index, dtype=object)
+    if "config.model.engram.layers" in runs:
+        col = col.where(col.notna(), runs["config.model.engram.layers"])
+    return col.map(lambda v: tuple(int(i) for i in v) if isinstance(v, (list, tuple)) else None)
+
+
+def layer_name(layers: tuple) -> str:
+    """A placement as a label: (1,) -> "1", (1, 5) -> "1+5" (0-based block indices, as in the config)."""
+    return "+".join(str(i) for i in layers)
+
+
+def fit_placement(df: pd.DataFrame, level: float = stats.LEVEL) -> dict:
+    """Loss per single Engram layer with seed t-intervals, the best layer against the rest, depth trend, splits.
+
+    The best layer is chosen from these same data, so its comparisons are post hoc: the p-values against it are
+    Holm-adjusted across the other layers, and a Welch one-way ANOVA tests whether any layer differs at all.
+    """
+    runs, n_excl = _experiment(df, EXPERIMENTS["placement"])
+    if runs.empty:
+        return _none("placement", n_excl)
+    layers = placement_layers(runs)
+    n_excl += int(layers.isna().sum())
+    runs, layers = runs[layers.notna()], layers[layers.notna()]
+    loss = runs[LOSS].astype(float)
+    out = {"status": "ok", "experiment": "placement", "y": LOSS, "n": int(len(runs)), "n_excluded": n_excl,
+           "formula": "mean val_loss per placement with a t-interval over seeds; Welch tests against the best "
+                      "single layer", "index_base": 0, "layers": {}, "splits": {}}
+    for lay in sorted(layers.unique(), key=lambda t: (len(t), t)):
+        summary = {**stats.mean_interval(loss[layers.map(lambda t: t == lay)], level), "layers": list(lay)}
+        (out["layers"] if len(lay) == 1 else out["splits"])[layer_name(lay)] = summary
+    singles = out["layers"]
+    if not singles:
+        out.update(status="insufficient data", verdict="cannot tell: no single-layer runs")
+        return out
+    best = min(singles, key=lambda k: singles[k]["mean"])
+    b = singles[best]
+    out["best_layer"] = int(best)
+    comps = {k: stats.welch(v["mean"], v["sd"], v["n"], b["mean"], b["sd"], b["n"], level)
+             for k, v in singles.items() if k != best}
+    testable = [k for k, v in comps.items() if v["p"] is not None]
+    if testable:
+        adj = multipletests([comps[k]["p"] for k in testable], method="holm")[1]
+        for k, p in zip(testable, adj):
+            comps[k]["p_holm"] = float(p)
+    out["versus_best"] = comps
+    groups = [loss[layers.map(lambda t: t == (int(k),))].to_numpy() for k in singles]
+    if len(groups) >= 2 and all(len(gr) >= 2 and gr.std() > 0 for gr in groups):
+        a = anova_oneway(groups, use_var="unequal")
+        out["anova"] = {"test": "Welch one-way ANOVA over single layers", "statistic": float(a.statistic),
+                        "df": [float(a.df_num), float(a.df_denom)], "p": float(a.pvalue)}
+    single_mask = layers.map(len) == 1
+    depth = layers[single_mask].map(lambda t: t[0]).astype(float)
+    if depth.nunique() >= 3:
+        res = stats.poly_fit(depth, loss[single_mask], 1)
+        out["depth_trend"] = {"formula": "val_loss = a + b*layer (single layers)",
+                              "slope_per_layer": stats.coefficients(res, ["a", "b"], level)["b"],
+                              **stats.fit_quality(res)}
+    out["splits_versus_best"] = {k: stats.welch(v["mean"], v["sd"], v["n"], b["mean"], b["sd"], b["n"], level)
+                                 for k, v in out["splits"].items()}
+    out["verdict"] = _placement_verdict(out)
+    return out
+
+
+def _placement_verdict(f: dict) -> str:
+    comps = f["versus_best"]
+    better = [k for k, v in comps.items() if v.get("p_holm") is not None and v["p_holm"] < 0.05 and v["difference"] > 0]
+    b = f["layers"][str(f["best_layer"])]
+    text = (f"best single layer {f['best_layer']} (0-based; mean {b['mean']:.4f}, n = {b['n']}); "
+            f"significantly better than {len(better)} of {len(comps)} other layers (Welch, Holm-adjusted)")
+    if "anova" in f:
+        text += f"; Welch ANOVA p = {f['anova']['p']:.2g}"
+    if "depth_trend" in f:
+        s = f["depth_trend"]["slope_per_layer"]
+        text += f"; depth trend {s['estimate']:+.4f} per layer (CI {_fmt_ci(s['ci'])})"
+    for k, v in f["splits_versus_best"].items():
+        text += f"; split {k} minus best single: {v['difference']:+.4f} (CI {_fmt_ci(v['ci'])})"
+    return text
+
+
+# --- ablations ----------------------------------------------------------------------------------------------------
+
+
+def fit_ablation(df: pd.DataFrame, level: float = stats.LEVEL, reference: str = "reference") -> dict:
+    """Each switch's loss change against the reference row (Welch over seeds; Holm-adjusted p across switches)."""
+    runs, n_excl = _experiment(df, EXPERIMENTS["ablation"])
+    if runs.empty:
+        return _none("ablation", n_excl)
+    if "axes.ablation" not in runs:
+        return {"status": "insufficient data", "experiment": "ablation", "n": int(len(runs)), "n_excluded": n_excl,
+                "verdict": "cannot tell: the ablation runs carry no axes.ablation name"}
+    name = runs["axes.ablation"].astype(str)
+    loss = runs[LOSS].astype(float)
+    summary = {k: stats.mean_interval(loss[name == k], level) for k in sorted(name.unique())}
+    out = {"status": "ok", "experiment": "ablation", "y": LOSS, "reference": reference, "n": int(len(runs)),
+           "n_excluded": n_excl, "summary": summary, "deltas": {},
+           "formula": "delta = mean(val_loss | switch) - mean(val_loss | reference), Welch interval over seeds"}
+    if reference not in summary:
+        out.update(status="no reference", verdict=f"cannot tell: no completed run named {reference!r}")
+        return out
+    r = summary[reference]
+    for k, s in summary.items():
+        if k != reference:
+            out["deltas"][k] = stats.welch(s["mean"], s["sd"], s["n"], r["mean"], r["sd"], r["n"], level)
+    testable = [k for k, v in out["deltas"].items() if v["p"] is not None]
+    if testable:
+        for k, p in zip(testable, multipletests([out["deltas"][k]["p"] for k in testable], method="holm")[1]):
+            out["deltas"][k]["p_holm"] = float(p)
+    for k, d in out["deltas"].items():
+        d["verdict"] = _delta_verdict(d)
+    out["verdict"] = "; ".join(f"{k}: {d['verdict']}" for k, d in
+                               sorted(out["deltas"].items(), key=lambda kv: -kv[1]["difference"]))
+    return out
+
+
+def _delta_verdict(d: dict) -> str:
+    if d["ci"] is None:
+        return f"{d['difference']:+.4f}, cannot tell (fewer than two seeds on a side)"
+    lo, hi = d["ci"]
+    what = "hurts" if lo > 0 else "helps" if hi < 0 else "no detectable change"
+    return f"{what}: {d['difference']:+.4f} (CI {_fmt_ci(d['ci'])}, Holm p = {d.get('p_holm', d['p']):.2g})"
+
+
+def verdicts(fits: dict) -> list[str]:
+    """One line per fit: its name and verdict (for the command line)."""
+    lines = [f"runs: {fits['runs']['completed']} completed, {fits['runs']['excluded']} excluded "
+             f"{fits['runs']['by_status']}"]
+    for key in EXPERIMENTS:
+        lines.append(f"{key}: {fits[key]['verdict']}")
+    return lines

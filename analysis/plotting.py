@@ -1,0 +1,326 @@
+"""The paper's figures, drawn only from the run table, the fits and probe records (seaborn on the Agg backend).
+
+One function per figure; each returns the files it wrote (a PNG and a PDF) or an empty list when the records hold
+nothing to draw. Sizes are for a two-column paper: 3.5 in per column, 7 in across, every font at least 7 pt.
+
+    u_curves        Figure 3 left: loss vs rho per budget, seed means ± s.e., fitted quadratic, rho* and interval
+    memory_scaling  Figure 3 right: loss vs Engram slots (log x) per method, fitted log-linear and power laws
+    placement       Figure 5 (layer sweep): loss per single layer and per split, seed t-intervals
+    ablation        Figure 5 (markers): loss change of each switch vs the reference, Welch intervals
+    long_context    Table 2 as bars: niah* / ruler* / vt* / mq* eval metrics grouped by model
+    logit_lens, cka, gates   section 6 probes, when probe records exist
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on cluster nodes or in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from analysis import stats  # noqa: E402
+from analysis.data import completed_runs, eval_columns, split_eval_column  # noqa: E402
+from analysis.fits import LOSS, layer_name, placement_layers  # noqa: E402
+
+COLUMN_IN = 3.5
+PAGE_IN = 7.0
+HEIGHT_IN = 2.4
+LONG_CONTEXT_PREFIXES = ("niah", "ruler", "vt", "mq")
+FONT = {"font.size": 7, "axes.labelsize": 7, "axes.titlesize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+        "legend.fontsize": 7, "legend.title_fontsize": 7, "lines.linewidth": 1.0, "lines.markersize": 3.5,
+        "axes.linewidth": 0.6, "savefig.dpi": 300, "pdf.fonttype": 42}
+
+
+def style() -> dict:
+    """rc parameters: seaborn's ticks style and paper context with fonts pinned at 7-8 pt (used as a context, so
+    importing this module changes nothing global)."""
+    return {**sns.axes_style("ticks"), **sns.plotting_context("paper"), **FONT}
+
+
+def save(fig, out_dir: str | Path, name: str) -> list[Path]:
+    """Write ``name.png`` and ``name.pdf`` atomically (temporary file, then rename) and close the figure."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in ("png", "pdf"):
+        path = out_dir / f"{name}.{fmt}"
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=f".{fmt}")
+        os.close(fd)
+        try:
+            # a fixed creation date keeps regenerated PDFs byte-identical when the records have not changed
+            fig.savefig(tmp, format=fmt, bbox_inches="tight", metadata={"CreationDate": None} if fmt == "pdf" else {})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _runs(df: pd.DataFrame, experiment: str) -> pd.DataFrame:
+    return completed_runs(df[df["experiment"] == experiment]) if "experiment" in df else df.iloc[:0]
+
+
+def _mean_se(values: pd.Series) -> tuple[float, float]:
+    n = len(values)
+    return float(values.mean()), (float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else np.nan)
+
+
+def u_curves(df: pd.DataFrame, fits: dict, out_dir) -> list[Path]:
+    """Loss vs achieved rho, one panel per budget: runs, seed means ± s.e., fit with its band, rho* and interval."""
+    runs = _runs(df, "allocation")
+    budgets = fits["u_curve"].get("budgets", {})
+    if runs.empty or not budgets:
+        return []
+    with plt.rc_context(style()):
+        n = len(budgets)
+        fig, axes = plt.subplots(1, n, figsize=(COLUMN_IN if n == 1 else PAGE_IN, HEIGHT_IN), squeeze=False)
+        colors = sns.color_palette("colorblind", n)
+        bcol = runs["axes.budget"].astype(str) if "axes.budget" in runs else pd.Series("all", index=runs.index)
+        for ax, color, (budget, f) in zip(axes[0], colors, budgets.items()):
+            g = runs[bcol == budget]
+            sns.scatterplot(x=g["accounting.rho"], y=g[LOSS], ax=ax, color=color, alpha=0.35, s=8, linewidth=0,
+                            legend=False)
+            pts = pd.DataFrame(f["points"])
+            se = pts["sd"] / np.sqrt(pts["n"])
+            ax.errorbar(pts["rho"], pts["mean"], yerr=se.where(pts["n"] > 1), fmt="o", color=color, capsize=1.5,
+                        label="mean ± s.e. over seeds")
+            if f.get("status") == "ok":
+                _draw_quadratic(ax, f, color)
+            ax.set_title(f"budget {budget}  (n = {f['n']}, {f['n_excluded']} excluded)")
+            ax.set_xlabel(r"allocation ratio $\rho$ (share of sparse parameters to MoE)")
+            ax.set_ylabel("validation loss")
+        axes[0][0].legend(loc="upper center", frameon=False)
+        sns.despine(fig)
+        fig.tight_layout()
+        return save(fig, out_dir, "u_curve")
+
+
+def _draw_quadratic(ax, f: dict, color) -> None:
+    lo, hi = f["rho_range"]
+    grid = np.linspace(lo, hi, 200)
+    mean, band_lo, band_hi = stats.quadratic_band(f["params"], f["cov"], f["df_resid"], grid)
+    ax.plot(grid, mean, color=color, label="quadratic fit")
+    ax.fill_between(grid, band_lo, band_hi, color=color, alpha=0.15, linewidth=0)
+    r = f["rho_star"]
+    ci = r["ci_bootstrap"] if all(v is not None for v in r["ci_bootstrap"]) else None
+    if f["curvature"]["estimate"] > 0 and lo <= r["estimate"] <= hi:
+        ax.axvline(r["estimate"], color="0.3", linestyle="--", linewidth=0.8, label=r"$\rho^*$ (bootstrap CI)")
+        if ci is not None:
+            ax.axvspan(max(ci[0], lo), min(ci[1], hi), color="0.5", alpha=0.15, linewidth=0)
+
+
+def memory_scaling(df: pd.DataFrame, fits: dict, out_dir) -> list[Path]:
+    """Loss vs Engram slots on a log axis, per method: seed means ± s.e., fitted log-linear (solid) and power law
+    (dotted) lines, and the no-memory baseline when it was run."""
+    f = fits["memory_scaling"]
+    methods = f.get("methods", {})
+    if not methods:
+        return []
+    with plt.rc_context(style()):
+        fig, ax = plt.subplots(figsize=(COLUMN_IN, HEIGHT_IN))
+        for color, (name, m) in zip(sns.color_palette("colorblind", len(methods)), methods.items()):
+            pts = pd.DataFrame(m["points"])
+            ax.errorbar(pts["slots"], pts["mean"], yerr=(pts["sd"] / np.sqrt(pts["n"])).where(pts["n"] > 1),
+                        fmt="o", color=color, capsize=1.5, label=f"{name} (n = {m['n']})")
+            if m.get("status") == "ok":
+                grid = np.geomspace(pts["slots"].min(), pts["slots"].max(), 100)
+                a, b = m["log_linear"]["params"]
+                ax.plot(grid, a + b * np.log10(grid), color=color)
+                la, k = m["power_law"]["params"]
+                ax.plot(grid, np.exp(la) * grid ** k, color=color, linestyle=":")
+        if f.get("baseline"):
+            ax.axhline(f["baseline"]["mean"], color="0.4", linestyle="--", linewidth=0.8, label="no memory")
+        ax.set_xscale("log")
+        ax.set_xlabel("Engram slots (table rows)")
+        ax.set_ylabel("validation loss")
+        ax.legend(frameon=False, title="solid: log-linear, dotted: power law", loc="best")
+        sns.despine(fig)
+        fig.tight_layout()
+        return save(fig, out_dir, "memory_scaling")
+
+
+def placement(df: pd.DataFrame, fits: dict, out_dir) -> list[Path]:
+    """Loss per Engram placement (0-based layer index; splits at the right) with seed t-intervals."""
+    f = fits["placement"]
+    if not f.get("layers") and not f.get("splits"):
+        return []
+    items = [*f.get("layers", {}).items(), *f.get("splits", {}).items()]
+    runs = _runs(df, "placement")
+    labels = [k for k, _ in items]
+    with plt.rc_context(style()):
+        fig, ax = plt.subplots(figsize=(COLUMN_IN, HEIGHT_IN))
+        pos = {k: i for i, k in enumerate(labels)}
+        lay = placement_layers(runs).map(lambda t: layer_name(t) if t else None)
+        sns.stripplot(x=lay.map(pos), y=runs[LOSS], ax=ax, native_scale=True, color="0.6", size=2, jitter=0.15)
+        for k, s in items:
+            yerr = None if s["ci"] is None else [[s["mean"] - s["ci"][0]], [s["ci"][1] - s["mean"]]]
+            best = k == str(f.get("best_layer"))
+            ax.errorbar(pos[k], s["mean"], yerr=yerr, fmt="D" if "+" in k else "o", capsize=1.5,
+                        color=sns.color_palette("colorblind")[3 if best else 0])
+        ax.set_xticks(range(len(labels)), labels, rotation=0 if len(labels) < 16 else 90)
+        ax.set_xlabel("Engram layer(s), 0-based block index")
+        ax.set_ylabel("validation loss")
+        ax.set_title("mean and t-interval over seeds; best single layer in red")
+        sns.despine(fig)
+        fig.tight_layout()
+        return save(fig, out_dir, "placement")
+
+
+def ablation(fits: dict, out_dir) -> list[Path]:
+    """Loss change of each switch against the reference, with Welch intervals over seeds."""
+    f = fits["ablation"]
+    deltas = f.get("deltas", {})
+    if not deltas:
+        return []
+    rows = sorted(deltas.items(), key=lambda kv: kv[1]["difference"])
+    d = pd.DataFrame({"switch": [k for k, _ in rows], "delta": [v["difference"] for _, v in rows]})
+    with plt.rc_context(style()):
+        fig, ax = plt.subplots(figsize=(COLUMN_IN, 0.6 + 0.22 * len(rows)))
+        sns.barplot(data=d, x="delta", y="switch", ax=ax, color=sns.color_palette("colorblind")[0], errorbar=None,
+                    orient="h")
+        for i, (_, v) in enumerate(rows):
+            if v["ci"] is not None:
+                ax.errorbar(v["difference"], i, xerr=[[v["difference"] - v["ci"][0]], [v["ci"][1] - v["difference"]]],
+                            color="k", capsize=1.5, linewidth=0.8)
+        ax.axvline(0, color="0.3", linewidth=0.6)
+        ax.set_xlabel(f"validation loss minus {f['reference']!r} (Welch {round(fits['level'] * 100)}% CI)")
+        ax.set_ylabel("")
+        sns.despine(fig)
+        fig.tight_layout()
+        return save(fig, out_dir, "ablation")
+
+
+def long_context_table(df: pd.DataFrame) -> pd.DataFrame:
+    """(model, task, metric, value, error) of long-context evals, averaged over runs of a model; the error is the
+    record's stderr for a lone run, else the standard error across runs. Memory-off evals get their own model."""
+    rows = []
+    for col in eval_columns(df):
+        task, metric, off = split_eval_column(col)
+        if not task.lower().startswith(LONG_CONTEXT_PREFIXES):
+            continue
+        sub = df[["model", col, f"{col}_stderr"]].dropna(subset=[col])
+        for model, g in sub.groupby("model"):
+            vals = g[col].astype(float)
+            err = float(g[f"{col}_stderr"].astype(float).iloc[0]) if len(g) == 1 else _mean_se(vals)[1]
+            rows.append({"model": f"{model} (memory off)" if off else str(model), "task": task, "metric": metric,
+                         "value": float(vals.mean()), "error": err, "n": len(g)})
+    return pd.DataFrame(rows, columns=["model", "task", "metric", "value", "error", "n"])
+
+
+def long_context(df: pd.DataFrame, out_dir) -> list[Path]:
+    """Grouped bars of long-context eval metrics (tasks named niah*, ruler*, vt*, mq*) by model."""
+    t = long_context_table(df)
+    if t.empty:
+        return []
+    t["label"] = t["task"] + np.where(t.groupby("task")["metric"].transform("nunique") > 1, "\n" + t["metric"], "")
+    labels = sorted(t["label"].unique())
+    models = sorted(t["model"].unique())
+    width = 0.8 / len(models)
+    with plt.rc_context(style()):
+        fig, ax = plt.subplots(figsize=(min(PAGE_IN, max(COLUMN_IN, 0.5 * len(labels) * len(models))), HEIGHT_IN))
+        for j, (model, color) in enumerate(zip(models, sns.color_palette("colorblind", len(models)))):
+            g = t[t["model"] == model].set_index("label").reindex(labels)
+            x = np.arange(len(labels)) + (j - (len(models) - 1) / 2) * width
+            ax.bar(x, g["value"], width, yerr=g["error"], color=color, label=model, capsize=1.0,
+                   error_kw={"linewidth": 0.6})
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_ylabel("score")
+        ax.legend(frameon=False, ncols=min(3, len(models)), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+        sns.despine(fig)
+        fig.tight_layout()
+        return save(fig, out_dir, "long_context")
+
+
+def logit_lens(probes: list[dict], out_dir) -> list[Path]:
+    """KL(layer's LogitLens distribution || final output) per layer, one line per model."""
+    recs = [p for p in probes if p["kind"] == "logit_lens"]
+    if not recs:
+        return []
+    d = pd.concat([pd.DataFrame({"layer": p["data"]["layers"], "KL": p["data"]["kl"], "model": p["label"]})
+                   for p in recs], ignore_index=True)
+    with plt.rc_context(style()):
+        fig, ax = plt.subplots(figsize=(COLUMN_IN, HEIGHT_IN))
+        sns.lineplot(data=d, x="layer", y="KL", hue="model", marker="o", ax=ax, palette="colorblind")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("KL to final output (nats)")
+        ax.legend(frameon=False)
+        sns.despine(fig)
+        fig.tight_layout()
+        return save(fig, out_dir, "logit_lens")
+
+
+def soft_alignment(matrix: np.ndarray, k: int = 5) -> np.ndarray:
+    """PAPER.md section 6: a_j = sum_{i in top-k of row j} S_ji * i / sum S_ji, for each row layer j."""
+    out = []
+    for row in np.asarray(matrix, float):
+        top = np.argsort(row)[-k:]
+        out.append(float((row[top] * top).sum() / row[top].sum()))
+    return np.array(out)
+
+
+def cka(probes: list[dict], out_dir) -> list[Path]:
+    """One CKA heatmap per probe record, with the soft alignment index a_j (top-5) drawn over it."""
+    paths = []
+    for i, p in enumerate(x for x in probes if x["kind"] == "cka"):
+        m = np.asarray(p["data"]["matrix"], float)
+        with plt.rc_context(style()):
+            fig, ax = plt.subplots(figsize=(COLUMN_IN, COLUMN_IN * 0.85))
+            sns.heatmap(m, ax=ax, cmap="viridis", vmin=0, vmax=1, square=True, cbar_kws={"label": "linear CKA"})
+            a = soft_alignment(m, min(5, m.shape[1]))
+            ax.plot(a + 0.5, np.arange(len(a)) + 0.5, color="w", marker="o", markersize=2, label="soft alignment")
+            ax.plot([0, min(m.shape)], [0, min(m.shape)], color="w", linestyle="--", linewidth=0.6)
+            ax.set_xlabel(f"layer of {p['data'].get('cols', 'model B')}")
+            ax.set_ylabel(f"layer of {p['data'].get('rows', 'model A')}")
+            ax.legend(frameon=False, loc="lower right", labelcolor="w")
+            fig.tight_layout()
+            paths += save(fig, out_dir, f"cka_{_slug(p['label'])}_{i}")
+    return paths
+
+
+def gates(probes: list[dict], out_dir) -> list[Path]:
+    """Gate activation alpha per token (columns) and channel (rows: Engram layer x branch), one figure per probe."""
+    paths = []
+    for i, p in enumerate(x for x in probes if x["kind"] == "gate"):
+        g = np.asarray(p["data"]["gates"], float)
+        tokens = [t.replace("\n", "\\n") for t in p["data"]["tokens"]]
+        channels = p["data"].get("channels") or [str(c) for c in range(len(g))]
+        with plt.rc_context(style()):
+            size = (min(PAGE_IN, max(COLUMN_IN, 0.3 * len(tokens) + 1)), 1.3 + 0.25 * len(g))
+            fig, ax = plt.subplots(figsize=size)
+            sns.heatmap(g, ax=ax, cmap="Reds", vmin=0, vmax=1, xticklabels=tokens, yticklabels=channels,
+                        cbar_kws={"label": r"gate $\alpha_t$"})
+            ax.tick_params(axis="x", rotation=60)
+            ax.tick_params(axis="y", rotation=0)
+            ax.set_title(p["label"])
+            fig.tight_layout()
+            paths += save(fig, out_dir, f"gates_{_slug(p['label'])}_{i}")
+    return paths
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower() or "probe"
+
+
+def draw_all(df: pd.DataFrame, fits: dict, probes: list[dict], out_dir) -> dict[str, list[Path]]:
+    """Every figure the records support; a figure without data maps to an empty list."""
+    return {
+        "u_curve": u_curves(df, fits, out_dir),
+        "memory_scaling": memory_scaling(df, fits, out_dir),
+        "placement": placement(df, fits, out_dir),
+        "ablation": ablation(fits, out_dir),
+        "long_context": long_context(df, out_dir),
+        "logit_lens": logit_lens(probes, out_dir),
+        "cka": cka(probes, out_dir),
+        "gates": gates(probes, out_dir),
+    }

@@ -1,0 +1,224 @@
+"""The reproduction report: one Markdown file with the data accounting, the fitted laws, the comparison with the
+paper's claims, the figures and the run table. Everything in it is computed from records and fits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import tables
+from analysis.claims import CANNOT, CONTRADICTS, SUPPORTS
+from analysis.fits import budget_order
+
+SECTIONS = ("Summary", "Data", "Fitted laws", "Comparison with the paper", "Figures", "Run table",
+            "Methods and caveats")
+FIGURE_CAPTIONS = {
+    "u_curve": "Validation loss against the allocation ratio rho (Figure 3 left).",
+    "memory_scaling": "Validation loss against Engram slots, fixed backbone (Figure 3 right).",
+    "placement": "Validation loss against Engram placement (Figure 5, layer sweep).",
+    "ablation": "Loss change of each ablation against the reference (Figure 5, markers).",
+    "long_context": "Long-context evaluations by model (Table 2).",
+    "logit_lens": "LogitLens: KL divergence to the final output per layer (section 6).",
+    "cka": "Linear CKA between layers of two models, with the soft alignment index (section 6).",
+    "gates": "Engram gate activations per token (Figure 7).",
+}
+
+
+def _fmt(v, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _ci(ci, digits: int = 4) -> str:
+    if ci is None or any(v is None for v in ci):
+        return "unbounded"
+    return f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def build_report(df: pd.DataFrame, fits: dict, figures: dict[str, list[Path]], claim_results: list[dict],
+                 out_path: str | Path) -> str:
+    """The report's Markdown; figure links are relative to ``out_path``'s folder."""
+    title = ", ".join(fits["sweeps"]) or "(no sweep)"
+    parts = [f"# Reproduction report: {title}\n",
+             "Regenerated from stored records by `engram-lab report`; do not edit by hand.\n",
+             _summary(fits, claim_results), _data(df, fits), _laws(fits), _comparison(claim_results),
+             _figures(figures, Path(out_path).parent), _run_table(df), _methods(fits)]
+    return "\n".join(parts)
+
+
+def _summary(fits: dict, results: list[dict]) -> str:
+    counts = {v: sum(r["verdict"] == v for r in results) for v in (SUPPORTS, CONTRADICTS, CANNOT)}
+    r = fits["runs"]
+    lines = ["## Summary\n",
+             f"- Runs: {r['total']} ({r['completed']} completed; {r['excluded']} excluded from fits: "
+             f"{', '.join(f'{k} {v}' for k, v in r['by_status'].items() if k != 'completed') or 'none'}).",
+             f"- Paper claims checked: {len(results)}: **{counts[SUPPORTS]} supported**, "
+             f"**{counts[CONTRADICTS]} contradicted**, **{counts[CANNOT]} cannot tell**.",
+             f"- Intervals are {round(fits['level'] * 100)}% two-sided throughout."]
+    for key in ("u_curve", "memory_scaling", "placement", "ablation"):
+        lines.append(f"- {key}: {fits[key]['verdict']}")
+    return "\n".join(lines) + "\n"
+
+
+def _data(df: pd.DataFrame, fits: dict) -> str:
+    lines = ["## Data\n", f"Sweeps: {', '.join(fits['sweeps'])}.\n"]
+    if not df.empty:
+        counts = df.groupby(["experiment", "status"], dropna=False).size().unstack(fill_value=0).reset_index()
+        lines.append(tables.to_markdown(counts))
+    bad = fits["runs"]["excluded_runs"]
+    if bad:
+        lines.append("Runs left out of every fit (kept in the run table):\n")
+        lines.append(tables.to_markdown(pd.DataFrame(bad)))
+    if fits.get("orphan_evals"):
+        lines.append(f"Eval records without a run record (not in the table): {', '.join(fits['orphan_evals'])}.\n")
+    alloc = df[(df["experiment"] == "allocation") & (df["status"] == "completed")] if not df.empty else df
+    if not alloc.empty and {"accounting.P_tot", "accounting.P_act"} <= set(alloc.columns):
+        b = alloc["axes.budget"].astype(str) if "axes.budget" in alloc else pd.Series("all", index=alloc.index)
+        g = alloc.assign(budget=b).groupby("budget")
+        acc = pd.DataFrame({"P_tot (median)": g["accounting.P_tot"].median(),
+                            "P_act (median)": g["accounting.P_act"].median(),
+                            "rho values": g["accounting.rho"].nunique(), "runs": g.size()}).reset_index()
+        acc["P_tot / P_act"] = acc["P_tot (median)"] / acc["P_act (median)"]
+        acc = acc.sort_values("budget", key=lambda s: s.map(budget_order))
+        lines.append("Allocation budgets as trained (the paper keeps P_tot / P_act ~ 10 at 5.7B and 9.9B total):\n")
+        lines.append(tables.to_markdown(acc))
+    return "\n".join(lines) + "\n"
+
+
+def _coef_rows(coefs: dict) -> str:
+    return ", ".join(f"{k} = {v['estimate']:.5g} {_ci(v.get('ci'), 5)}" for k, v in coefs.items())
+
+
+def _laws(fits: dict) -> str:
+    lines = ["## Fitted laws\n"]
+    u = fits["u_curve"]
+    lines.append("### Allocation U-curve\n")
+    for budget, f in u.get("budgets", {}).items():
+        lines.append(f"**Budget {budget}** (n = {f['n']} runs, {f['n_points']} rho values, "
+                     f"{f['n_excluded']} excluded)")
+        if f.get("status") == "ok":
+            r, g = f["rho_star"], f["loss_gap_rho1"]
+            lines += [f"- `{f['formula']}`, {f['method']}; R² = {f['r2']:.3f}, AIC {f['aic']:.1f}, BIC {f['bic']:.1f}",
+                      f"- coefficients: {_coef_rows(f['coefficients'])}",
+                      f"- rho* = {r['estimate']:.3f}; delta method {_ci(r['ci_delta'], 3)}, parametric bootstrap "
+                      f"{_ci(r['ci_bootstrap'], 3)} ({r['bootstrap_draws']} draws, "
+                      f"{100 * r['bootstrap_share_convex']:.1f}% convex)",
+                      f"- curvature c = {f['curvature']['estimate']:.4g}, one-sided p(c > 0) = "
+                      f"{f['curvature']['p_positive']:.2g}; interior optimum: {'yes' if f['interior'] else 'no'}",
+                      f"- L(1) - L(rho*) = {g['estimate']:.4f}; delta {_ci(g['ci_delta'])}, bootstrap "
+                      f"{_ci(g['ci_bootstrap'])}"]
+            if "alternative" in f:
+                a = f["alternative"]
+                lines.append(f"- alternative `{a['formula']}`: R² = {a['quality']['r2']:.3f}, AIC "
+                             f"{a['quality']['aic']:.1f}, BIC {a['quality']['bic']:.1f}, argmin in range "
+                             f"{a['argmin_in_range']:.3f}; preferred by AIC: {f['preferred_by_aic']}, by BIC: "
+                             f"{f['preferred_by_bic']}")
+        lines.append(f"- verdict: {f['verdict']}\n")
+    if u.get("stability"):
+        s = u["stability"]
+        lines.append(f"rho* difference {s['budgets'][1]} minus {s['budgets'][0]}: {s['difference']:+.3f} "
+                     f"{_ci(s['ci'], 3)}\n")
+    if not u.get("budgets"):
+        lines.append(u["verdict"] + "\n")
+    m = fits["memory_scaling"]
+    lines.append("### Memory scaling\n")
+    for name, f in m.get("methods", {}).items():
+        lines.append(f"**{name}** (n = {f['n']} runs, {f['n_slots']} slot counts)")
+        if f.get("status") == "ok":
+            ll, pl = f["log_linear"], f["power_law"]
+            lines += [f"- `{ll['formula']}`: {_coef_rows(ll['coefficients'])}; R² = {ll['quality']['r2']:.3f}",
+                      f"- `{pl['formula']}`: alpha = {pl['coefficients']['alpha']['estimate']:.5f} "
+                      f"{_ci(pl['coefficients']['alpha']['ci'], 5)}, a = {pl['coefficients']['a']['estimate']:.4f}; "
+                      f"R² = {pl['quality']['r2']:.3f}",
+                      f"- AIC on the loss scale: log-linear {ll['quality']['aic_loss_scale']:.1f}, power law "
+                      f"{pl['quality']['aic_loss_scale']:.1f}"]
+        lines.append(f"- verdict: {f['verdict']}\n")
+    for pair, c in m.get("comparisons", {}).items():
+        lines.append(f"**{pair}**: {c['verdict']} (`{c['formula']}`, n = {c['n']})\n")
+    if m.get("baseline"):
+        lines.append(f"No-memory baseline: {_fmt(m['baseline']['mean'])} {_ci(m['baseline']['ci'])} "
+                     f"(n = {m['baseline']['n']})\n")
+    if not m.get("methods"):
+        lines.append(m["verdict"] + "\n")
+    pl = fits["placement"]
+    lines.append("### Layer placement\n")
+    if pl.get("layers") or pl.get("splits"):
+        rows = [{"layers (0-based)": k, "n": v["n"], "mean": v["mean"], "sd": v["sd"],
+                 "CI low": (v["ci"] or [None, None])[0], "CI high": (v["ci"] or [None, None])[1]}
+                for k, v in {**pl["layers"], **pl["splits"]}.items()]
+        lines.append(tables.to_markdown(pd.DataFrame(rows)))
+    lines.append(f"- verdict: {pl['verdict']}\n")
+    ab = fits["ablation"]
+    lines.append("### Ablations\n")
+    if ab.get("deltas"):
+        ordered = sorted(ab["deltas"].items(), key=lambda kv: -kv[1]["difference"])
+        rows = [{"switch": k, "n": sum(v["n"]), "delta vs reference": v["difference"],
+                 "CI low": (v["ci"] or [None, None])[0], "CI high": (v["ci"] or [None, None])[1],
+                 "Holm p": v.get("p_holm")} for k, v in ordered]
+        lines.append(f"`{ab['formula']}`\n")
+        lines.append(tables.to_markdown(pd.DataFrame(rows)))
+    lines.append(f"- verdict: {ab['verdict']}\n")
+    return "\n".join(lines) + "\n"
+
+
+def _comparison(results: list[dict]) -> str:
+    rows = [{"claim": r["id"], "tag": r["tag"], "paper": r["paper"], "ours (interval)": r["ours"],
+             "n": r["n"], "verdict": f"**{r['verdict']}**", "note": r["note"]} for r in results]
+    lines = ["## Comparison with the paper\n",
+             "Claims and numbers from `analysis/paper_claims.yaml` (transcribed from PAPER.md, with its confidence "
+             "tags). A claim is supported only when our interval says so; wide or missing data give "
+             "\"cannot tell\".\n",
+             tables.to_markdown(pd.DataFrame(rows, columns=["claim", "tag", "paper", "ours (interval)", "n",
+                                                            "verdict", "note"]))]
+    return "\n".join(lines) + "\n"
+
+
+def _figures(figures: dict[str, list[Path]], base: Path) -> str:
+    lines = ["## Figures\n"]
+    missing = [k for k, v in figures.items() if not v]
+    for key, paths in figures.items():
+        for png in (p for p in paths if p.suffix == ".png"):
+            rel = os.path.relpath(png, base)
+            pdf = os.path.relpath(png.with_suffix(".pdf"), base)
+            lines.append(f"![{FIGURE_CAPTIONS.get(key, key)}]({rel})\n\n*{FIGURE_CAPTIONS.get(key, key)}* "
+                         f"([PDF]({pdf}))\n")
+    if missing:
+        lines.append(f"Not drawn (no records for them): {', '.join(missing)}.\n")
+    return "\n".join(lines) + "\n"
+
+
+def _run_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "## Run table\n\nNo runs.\n"
+    return "## Run table\n\n" + tables.to_markdown(tables.run_table(df)) + "\n"
+
+
+def _methods(fits: dict) -> str:
+    level = round(fits["level"] * 100)
+    return f"""## Methods and caveats
+
+- **Data.** Every run record of the sweeps is in the run table; only completed runs enter fits, and each fit
+  states how many runs of its experiment it left out. rho is the achieved ratio from the accounting, not the
+  requested one.
+- **U-curve.** A quadratic in rho by least squares per budget (WLS on per-rho means with 1/variance weights when
+  every rho has two or more seeds, OLS on runs otherwise), with a cubic as the more flexible alternative (AIC/BIC).
+  rho* = -b/(2c) has a delta-method interval and a parametric-bootstrap percentile interval; the optimum counts
+  as interior only if the curvature is significantly positive (one-sided, {100 - level}%) and both intervals lie
+  inside the sampled rho range.
+- **Memory scaling.** OLS of log loss on log slots (power law) and of loss on log10 slots (the paper's log-linear
+  reading), per method; method differences from a pooled two-line fit.
+- **Placement and ablations.** Seed means with t-intervals; Welch comparisons, Holm-adjusted across layers or
+  switches; a Welch one-way ANOVA across single layers. The best layer is chosen from the same data.
+- **Scale.** The paper's models have billions of parameters and ~100B tokens; the sweeps here are far smaller.
+  Directions and shapes are comparable; magnitudes (loss drops, slopes) are reported side by side, not expected
+  to match.
+- **Paper numbers.** Tagged as in PAPER.md: [2+] confirmed by two sources, [1] one source, [D] derived,
+  [F] read off a figure by a third party (approximate).
+- **Layer indices** are 0-based block indices; the paper's "layer 2" is read as index 1 (PAPER.md 8.5).
+- Intervals are {level}% two-sided.
+"""

@@ -1,0 +1,410 @@
+"""Launching a sweep with submitit, and the driver that turns a spec into exactly one record per trial.
+
+The driver (``engram-lab sweep SPEC``):
+
+1. expands and resolves every trial (one bad point refuses the spec before anything is submitted);
+2. under the sweep's driver lock, reads each trial's state — a record, a live trial lock, a job in the ledger (and
+   SLURM's accounting) — records a job that died without a record as failed, reconciles the Optuna study, and
+   submits what is missing (failed trials too with ``retry_failed``), appending the jobs to the ledger;
+3. waits until every trial has a record, then fits and plots the sweep.
+
+Each trial job is ``submitit.helpers.Checkpointable``: on preemption or timeout submitit requeues it, and on
+requeue it resumes from the trial's last checkpoint. A trial is trained under an exclusive lock on its folder, so
+two drivers, or a job and its requeued twin, never train it twice; a restarted driver finds running jobs in the
+ledger and waits for them instead of submitting again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import submitit
+
+from engram.config import build
+from experiments.config import TrialConfig
+from experiments.records import read_json, run_path, write_atomic
+from experiments.train import TrialBusy, TrialFailed, run_trial, trial_dir, trial_lock
+from sweeps.plan import format_plan, plan_rows
+from sweeps.spec import PlannedTrial, SweepSpec, expand, load_spec, spec_text
+
+SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
+                "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT"}
+FINAL = ("completed", "failed", "diverged")
+
+
+@dataclass
+class SweepPaths:
+    results: Path
+    workdir: Path
+    name: str
+
+    @property
+    def work(self) -> Path:
+        return self.workdir / self.name
+
+    @property
+    def logs(self) -> Path:
+        return self.work / "logs"
+
+    @property
+    def ledger(self) -> Path:
+        return self.work / "jobs.jsonl"
+
+    def record(self, run_id: str) -> Path:
+        return run_path(self.results, self.name, run_id)
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
+
+
+# -- the jobs ----------------------------------------------------------------------------------------------------
+
+
+class TrialJob(submitit.helpers.Checkpointable):
+    """One trial on a worker: train it (resuming from its last checkpoint) and mirror the outcome in the study."""
+
+    def __init__(self, trial: dict, params: dict, choices: dict, results: str, workdir: str, storage: str):
+        self.trial, self.params, self.choices = trial, params, choices
+        self.results, self.workdir, self.storage = results, workdir, storage
+
+    def __call__(self) -> dict:
+        trial = build(TrialConfig, self.trial)
+        try:
+            record = run_trial(trial, self.results, self.workdir, on_record=self._mirror)
+        except TrialBusy as err:
+            return {"status": "busy", "reason": str(err)}
+        except TrialFailed as err:
+            raise RuntimeError(f"trial failed: {err.record['reason']}") from err
+        return {k: record[k] for k in ("run_id", "status", "reason")}
+
+    def _mirror(self, record: dict) -> None:
+        from optuna.distributions import CategoricalDistribution
+
+        from sweeps.study import load, mirror_record
+
+        try:
+            distributions = {k: CategoricalDistribution(v) for k, v in self.choices.items()}
+            mirror_record(load(record["sweep"], self.storage), record, self.params, distributions)
+        except Exception as err:  # the record is the truth; the driver reconciles the study at its next start
+            print(f"could not mirror {record['run_id']} in the Optuna study: {err}", file=sys.stderr)
+
+
+# -- trial states ------------------------------------------------------------------------------------------------
+
+
+def read_ledger(paths: SweepPaths) -> dict[str, dict]:
+    """The latest submission of each run id."""
+    latest: dict[str, dict] = {}
+    if paths.ledger.exists():
+        for line in paths.ledger.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                latest[entry["run_id"]] = entry
+    return latest
+
+
+def append_ledger(paths: SweepPaths, entries: list[dict]) -> None:
+    paths.work.mkdir(parents=True, exist_ok=True)
+    with open(paths.ledger, "a") as f:
+        for e in entries:
+            f.write(json.dumps(e) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """SLURM's state of each job (array tasks as ``<job>_<task>``), from accounting; {} without sacct."""
+    if not job_ids:
+        return {}
+    try:
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(job_ids)],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    states = {}
+    for line in out.stdout.splitlines():
+        if "|" in line:
+            jid, state = line.split("|", 1)
+            state = state.split()[0] if state.strip() else "UNKNOWN"
+            for one in _expand_array_ids(jid.strip()):
+                states[one] = state
+    return states
+
+
+def _expand_array_ids(jid: str) -> list[str]:
+    """``123_[0-2,5%2]`` (array tasks not yet started, listed together) -> 123_0, 123_1, 123_2, 123_5."""
+    if "_[" not in jid:
+        return [jid]
+    base, ranges = jid.split("_[", 1)
+    ids = []
+    for part in ranges.rstrip("]").split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        ids.extend(f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1))
+    return ids
+
+
+def _local_alive(job_id: str) -> bool:
+    try:
+        os.kill(int(job_id), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_held(paths: SweepPaths, run_id: str) -> bool:
+    """Whether a live process is training the trial now (its folder lock cannot be taken)."""
+    run_dir = trial_dir(paths.workdir, paths.name, run_id)
+    if not (run_dir / ".lock").exists():
+        return False
+    try:
+        with trial_lock(run_dir):
+            return False
+    except TrialBusy:
+        return True
+
+
+def trial_states(run_ids: list[str], paths: SweepPaths) -> dict[str, dict]:
+    """{run_id: {"state": completed|failed|diverged|running|queued|lost|missing, "record"?, "job"?, "detail"}}.
+
+    ``lost``: the last job ended (or vanished) without a record — it failed, was cancelled or its node died."""
+    ledger = read_ledger(paths)
+    slurm = slurm_states([e["job_id"] for e in ledger.values() if e["executor"] == "slurm"])
+    out = {}
+    for rid in run_ids:
+        path = paths.record(rid)
+        record = read_json(path) if path.exists() else None
+        job = ledger.get(rid)
+        newer = record is not None and (job is None or record["created"] >= job["submitted"])
+        if record is not None and (record["status"] == "completed" or newer):
+            out[rid] = {"state": record["status"], "record": record, "job": job, "detail": record.get("reason")}
+        elif lock_held(paths, rid):
+            out[rid] = {"state": "running", "job": job, "detail": "trial lock held"}
+        elif job is None:
+            out[rid] = {"state": record["status"] if record else "missing", "record": record, "job": None,
+                        "detail": record.get("reason") if record else None}
+        elif job["executor"] == "slurm":
+            state = slurm.get(job["job_id"], "UNKNOWN")  # not yet in accounting: just submitted
+            if state in SLURM_ACTIVE or state == "UNKNOWN":
+                out[rid] = {"state": "queued" if state == "PENDING" else "running", "job": job,
+                            "detail": f"SLURM {state}"}
+            else:
+                out[rid] = {"state": "lost", "job": job, "detail": f"SLURM job {job['job_id']} ended {state}"}
+        elif job["executor"] == "local" and _local_alive(job["job_id"]):
+            out[rid] = {"state": "running", "job": job, "detail": f"local process {job['job_id']}"}
+        else:
+            out[rid] = {"state": "lost", "job": job, "detail": f"{job['executor']} job {job['job_id']} ended "
+                                                               "without a record"}
+    return out
+
+
+def record_lost(paths: SweepPaths, p: PlannedTrial, detail: str) -> dict:
+    """The failed record of a trial whose job ended without writing one (cancelled, killed, node failure)."""
+    record = {
+        "run_id": p.run_id, "sweep": paths.name, "experiment": p.trial.experiment, "axes": p.axes,
+        "seed": p.trial.seed, "status": "failed", "reason": detail, "diverged_step": None,
+        "config": p.trial.to_dict(), "accounting": {}, "metrics": {}, "checkpoint": None, "wall_time_s": None,
+        "device": None, "versions": {}, "git_commit": None, "created": now(),
+    }
+    write_atomic(paths.record(p.run_id), record)
+    return record
+
+
+@contextlib.contextmanager
+def driver_lock(paths: SweepPaths):
+    """Serialises the check-and-submit step of concurrent drivers of one sweep (waits for the other)."""
+    paths.work.mkdir(parents=True, exist_ok=True)
+    with open(paths.work / ".driver.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# -- executors ---------------------------------------------------------------------------------------------------
+
+
+def make_executor(spec: SweepSpec, paths: SweepPaths, cluster: str) -> submitit.Executor:
+    executor = submitit.AutoExecutor(folder=str(paths.logs / "%j"), cluster=cluster)  # never let it guess
+    s = spec.launch.slurm
+    params = {"timeout_min": s.time_min, "nodes": s.nodes, "tasks_per_node": s.tasks_per_node,
+              "cpus_per_task": s.cpus_per_task, "name": f"engram-{spec.name}"}
+    if s.gpus_per_node:
+        params["gpus_per_node"] = s.gpus_per_node
+    if s.mem_gb:
+        params["mem_gb"] = s.mem_gb
+    if cluster == "slurm":
+        params.update({f"slurm_{k}": v for k, v in (("partition", s.partition), ("account", s.account),
+                                                    ("qos", s.qos), ("constraint", s.constraint)) if v})
+        params["slurm_array_parallelism"] = s.array_parallelism
+        if s.additional:
+            params["slurm_additional_parameters"] = dict(s.additional)
+        if s.setup:
+            params["slurm_setup"] = list(s.setup)
+    executor.update_parameters(**params)
+    return executor
+
+
+def _job(spec: SweepSpec, p: PlannedTrial, paths: SweepPaths, storage: str) -> TrialJob:
+    from sweeps.study import grid_choices, param_value
+
+    return TrialJob(p.trial.to_dict(), {k: param_value(v) for k, v in p.axes.items()}, grid_choices(spec),
+                    str(paths.results), str(paths.workdir), storage)
+
+
+def submit(spec: SweepSpec, paths: SweepPaths, todo: list[PlannedTrial], storage: str, executor_kind: str,
+           submitted: list | None = None) -> list[tuple[PlannedTrial, object]]:
+    """Submit ``todo`` (SLURM: job arrays in chunks of ``max_array_size``; local: one process each) and ledger them."""
+    if not todo:
+        return []
+    executor = make_executor(spec, paths, executor_kind)
+    jobs = []
+    chunk = spec.launch.slurm.max_array_size if executor_kind == "slurm" else len(todo)
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        with executor.batch():
+            handles = [executor.submit(_job(spec, p, paths, storage)) for p in part]
+        jobs.extend(zip(part, handles))
+    append_ledger(paths, [{"run_id": p.run_id, "job_id": str(j.job_id), "executor": executor_kind,
+                           "submitted": now()} for p, j in jobs])
+    if submitted is not None:
+        submitted.extend(jobs)
+    return jobs
+
+
+# -- the driver --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepOutcome:
+    planned: list[PlannedTrial]
+    states: dict[str, dict]
+
+    def count(self, state: str) -> int:
+        return sum(1 for s in self.states.values() if s["state"] == state)
+
+
+def prepare(spec: SweepSpec, paths: SweepPaths, planned: list[PlannedTrial]) -> None:
+    """The plan and the spec beside the records: what the sweep meant to run, and how."""
+    rows = [{"run_id": p.run_id, "axes": p.axes} for p in planned]
+    write_atomic(paths.results / spec.name / "plan.json", {"sweep": spec.name, "experiment": spec.experiment,
+                                                          "spec": spec.source, "trials": rows})
+    (paths.results / spec.name / "spec.yaml").write_text(spec_text(spec))
+
+
+def sync(spec: SweepSpec, paths: SweepPaths, planned: list[PlannedTrial], storage: str,
+         retry_failed: bool) -> tuple[dict[str, dict], list[PlannedTrial]]:
+    """States of every trial, lost jobs recorded as failed, the study reconciled, and what to submit now."""
+    from sweeps.study import open_study, reconcile
+
+    states = trial_states([p.run_id for p in planned], paths)
+    for p in planned:
+        s = states[p.run_id]
+        if s["state"] == "lost":
+            states[p.run_id] = {"state": "failed", "record": record_lost(paths, p, s["detail"]), "job": s["job"],
+                                "detail": s["detail"]}
+    reconcile(open_study(spec, storage), spec, planned, states)
+    todo = [p for p in planned
+            if states[p.run_id]["state"] == "missing" or (retry_failed and states[p.run_id]["state"] == "failed")]
+    return states, todo
+
+
+def run_sweep(spec_path: str | Path, results: str | Path = "results", workdir: str | Path = "runs",
+              executor: str | None = None, retry_failed: bool = False, dry_run: bool = False, wait: bool = True,
+              analyse: bool = True, poll_s: float = 5.0, timeout_s: float | None = None, echo=print) -> SweepOutcome:
+    """Plan, submit and (unless ``wait=False``) see a grid sweep through; see the module docstring."""
+    from sweeps.study import default_storage_url
+
+    spec = load_spec(spec_path)
+    if spec.is_study:
+        from sweeps.optuna_study import run_study
+
+        return run_study(spec, Path(results), Path(workdir), executor, dry_run, wait, poll_s, timeout_s, echo)
+    planned = expand(spec)
+    echo(format_plan(spec, plan_rows(spec, planned)))
+    if dry_run:
+        return SweepOutcome(planned, {p.run_id: {"state": "planned"} for p in planned})
+    kind = executor or spec.launch.executor
+    paths = SweepPaths(Path(results), Path(workdir), spec.name)
+    storage = spec.launch.storage or default_storage_url(workdir, spec.name)
+    prepare(spec, paths, planned)
+    submitted: list = []
+    with driver_lock(paths):
+        states, todo = sync(spec, paths, planned, storage, retry_failed)
+        _report_states(states, echo)
+        if kind == "debug":
+            pass  # trained below, in this process
+        elif kind == "local":
+            queue = list(todo)
+            running = sum(1 for s in states.values() if s["state"] == "running")
+            start = queue[:max(0, spec.launch.max_parallel - running)]
+            submit(spec, paths, start, storage, "local", submitted)
+            todo = queue[len(start):]
+        else:
+            submit(spec, paths, todo, storage, "slurm", submitted)
+            todo = []
+    if kind == "debug":
+        for p in todo:
+            with driver_lock(paths):
+                append_ledger(paths, [{"run_id": p.run_id, "job_id": str(os.getpid()), "executor": "debug",
+                                       "submitted": now()}])
+            try:
+                _job(spec, p, paths, storage)()
+            except RuntimeError as err:
+                echo(f"{p.label()}: {err}")
+        todo = []
+    if not wait:
+        return SweepOutcome(planned, trial_states([p.run_id for p in planned], paths))
+    states = _wait(spec, paths, planned, storage, todo, submitted, poll_s, timeout_s, echo)
+    outcome = SweepOutcome(planned, states)
+    echo(f"sweep {spec.name}: " + ", ".join(f"{outcome.count(s)} {s}" for s in FINAL))
+    if analyse and outcome.count("completed"):
+        _analyse(paths, spec, echo)
+    return outcome
+
+
+def _wait(spec, paths, planned, storage, queue, submitted, poll_s, timeout_s, echo) -> dict[str, dict]:
+    """Poll until every trial has a final record, feeding the local queue as processes finish."""
+    deadline = time.time() + timeout_s if timeout_s else None
+    while True:
+        with driver_lock(paths):
+            states, _ = sync(spec, paths, planned, storage, retry_failed=False)
+            if queue:
+                running = sum(1 for s in states.values() if s["state"] in ("running", "queued"))
+                start = queue[:max(0, spec.launch.max_parallel - running)]
+                submit(spec, paths, start, storage, "local", submitted)
+                queue = queue[len(start):]
+        pending = [rid for rid, s in states.items() if s["state"] not in FINAL]
+        if not pending and not queue:
+            return states
+        if deadline and time.time() > deadline:
+            raise TimeoutError(f"sweep {spec.name}: {len(pending)} trials still running after {timeout_s} s")
+        time.sleep(poll_s)
+
+
+def _report_states(states: dict[str, dict], echo) -> None:
+    counts: dict[str, int] = {}
+    for s in states.values():
+        counts[s["state"]] = counts.get(s["state"], 0) + 1
+    echo("trials: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+
+
+def _analyse(paths: SweepPaths, spec: SweepSpec, echo) -> None:
+    from analysis.paper_figures import analyse
+
+    written = analyse(str(paths.results), [spec.name], steps=("fits", "tables", "figures"))
+    for step, files in written.items():
+        for f in files:
+            echo(f"{step}: {f}")

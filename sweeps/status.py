@@ -1,0 +1,51 @@
+"""``engram-lab status``: each trial's state from its record, its trial lock, the job ledger with SLURM's
+accounting, and the Optuna storage."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from experiments.records import read_json
+from sweeps.launch import SweepPaths, trial_states
+from sweeps.study import default_storage_url, load
+
+
+def _study_summary(name: str, url: str) -> str:
+    try:
+        study = load(name, url)
+    except Exception as err:  # no study yet, or the storage is unreachable: say so, the rest still stands
+        return f"optuna: no study ({type(err).__name__})"
+    counts = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
+    return "optuna: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials")
+
+
+def sweep_status(sweep: str, results: str | Path = "results", workdir: str | Path = "runs") -> str:
+    storage = None
+    if sweep.endswith((".yaml", ".yml")):
+        from sweeps.spec import load_spec
+
+        spec = load_spec(sweep)
+        sweep, storage = spec.name, spec.launch.storage
+    paths = SweepPaths(Path(results), Path(workdir), sweep)
+    plan_file = paths.results / sweep / "plan.json"
+    if not plan_file.exists():
+        raise FileNotFoundError(f"{plan_file} does not exist: launch the sweep first (engram-lab sweep SPEC)")
+    plan = read_json(plan_file)
+    trials = plan["trials"]
+    states = trial_states([t["run_id"] for t in trials], paths)
+    lines = [f"sweep {sweep} ({plan.get('experiment', '')}): {len(trials)} trials",
+             f"{'run_id':<12}  {'state':<9} {'val_loss':>8}  {'point':<40} detail"]
+    for t in trials:
+        s = states[t["run_id"]]
+        record = s.get("record") or {}
+        loss = record.get("metrics", {}).get("val_loss")
+        point = ", ".join(f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in t["axes"].items())
+        detail = s.get("detail") or (f"job {s['job']['job_id']}" if s.get("job") else "")
+        lines.append(f"{t['run_id']:<12}  {s['state']:<9} {loss if loss is None else format(loss, '.4f'):>8}  "
+                     f"{point[:40]:<40} {detail or ''}")
+    counts = Counter(s["state"] for s in states.values())
+    lines.append("trials: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    lines.append(_study_summary(sweep, storage or default_storage_url(workdir, sweep)))
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""Launching sweeps for real: submitit on a one-node SLURM cluster (started by .ci/run) and the local executor.
+
+One scenario per executor covers what a cluster does to a sweep: a trial requeued mid-run (SLURM) resumes from its
+checkpoint, a cancelled or killed trial is recorded as failed and completed by ``--retry-failed``, and a driver
+killed mid-sweep is restarted and finishes with exactly one completed record per trial.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments.records import read_run_record
+from sweeps.launch import read_ledger, run_sweep
+from sweeps.spec import expand, load_spec
+from sweeps.study import default_storage_url, load, trials_by_run
+
+from ..experiments.tiny import tiny
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def slurm_up() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    return out.returncode == 0 and any(s.strip() in ("idle", "mix", "alloc") for s in out.stdout.split())
+
+
+EXECUTORS = [pytest.param("local"),
+             pytest.param("slurm", marks=pytest.mark.skipif(not slurm_up(), reason="no SLURM cluster is running"))]
+
+
+def write_spec(tmp_path: Path, name: str, executor: str, steps: int = 40, seeds=(0, 1, 2)) -> Path:
+    trial = tiny(train={"tokens": 8 * 64 * steps, "checkpoint_every_steps": 5, "eval_every_tokens": 0,
+                        "deterministic": False})
+    spec = {"name": name, "experiment": "test", "trial": trial,
+            "grid": {"seed": {"path": "seed", "values": list(seeds)}},
+            "launch": {"executor": executor, "max_parallel": 2,
+                       "storage": f"sqlite:///{tmp_path / 'optuna.db'}",
+                       "slurm": {"cpus_per_task": 1, "mem_gb": 2, "time_min": 30, "array_parallelism": 2}}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def driver(spec: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "engram_lab", "sweep", str(spec), "--results", str(tmp_path / "results"),
+           "--workdir", str(tmp_path / "runs"), "--no-analysis", *extra]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, env=env, stdout=open(tmp_path / "driver.log", "a"), stderr=subprocess.STDOUT)
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise TimeoutError(f"waited {timeout} s for {what}")
+
+
+def records(tmp_path: Path, name: str) -> dict[str, dict]:
+    return {p.stem: read_run_record(p) for p in (tmp_path / "results" / name / "runs").glob("*.json")}
+
+
+def stop(job_id: str, executor: str, run_dir: Path) -> None:
+    """Cancel a SLURM job; kill a local job's process and the trainer it started (the pid in the trial lock)."""
+    if executor == "slurm":
+        subprocess.run(["scancel", job_id], check=True)
+        return
+    trainer_pid = int((run_dir / ".lock").read_text().split()[1])
+    for pid in (int(job_id), trainer_pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_sweep_survives_requeue_cancel_and_a_dead_driver(tmp_path, executor):
+    spec_path = write_spec(tmp_path, f"launch-{executor}", executor)
+    spec = load_spec(spec_path)
+    ids = [p.run_id for p in expand(spec)]
+    name = spec.name
+    work = tmp_path / "runs" / name
+
+    first = driver(spec_path, tmp_path)
+    ledger = wait_for(lambda: len(read_ledger_at(work)) >= 2 and read_ledger_at(work), 240, "two submissions")
+    a, b = ids[0], ids[1]
+    # trial b: cancelled (SLURM) or killed (local) while it runs -> recorded failed
+    wait_for(lambda: (work / b / ".lock").exists() and (work / b / ".lock").read_text().strip(), 240,
+             "trial b to start")
+    stop(ledger[b]["job_id"], executor, work / b)
+    if executor == "slurm":
+        # trial a: requeued by the cluster once it has a checkpoint -> resumes from it
+        wait_for(lambda: (work / a / "checkpoints" / "last.ckpt").exists(), 300, "a checkpoint of trial a")
+        subprocess.run(["scontrol", "requeue", ledger[a]["job_id"]], check=True)
+    # the driver dies mid-sweep; a new one picks the sweep up and waits for the running jobs
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    second = driver(spec_path, tmp_path)
+    assert second.wait(timeout=900) != 0  # one trial ended failed, so the sweep is not complete
+    got = records(tmp_path, name)
+    assert sorted(got) == sorted(ids)
+    assert got[b]["status"] == "failed"
+    assert "without a record" in got[b]["reason"] or "CANCELLED" in got[b]["reason"]
+    assert got[a]["status"] == "completed" and got[ids[2]]["status"] == "completed"
+    if executor == "slurm":
+        logs = "".join(p.read_text() for p in (work / "logs").rglob(f"{ledger[a]['job_id']}*.err"))
+        assert "Restoring states from the checkpoint" in logs
+
+    third = driver(spec_path, tmp_path, "--retry-failed")
+    assert third.wait(timeout=900) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    got = records(tmp_path, name)
+    assert len(got) == 3 and all(r["status"] == "completed" for r in got.values())
+    study = load(name, spec.launch.storage)
+    complete = {rid: [t for t in ts if t.state.name == "COMPLETE"] for rid, ts in trials_by_run(study).items()}
+    assert sorted(complete) == sorted(ids) and all(len(ts) == 1 for ts in complete.values())
+
+
+def read_ledger_at(work: Path) -> dict:
+    path = work / "jobs.jsonl"
+    out = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                e = json.loads(line)
+                out[e["run_id"]] = e
+    return out
+
+
+def test_two_drivers_on_one_sqlite_storage_neither_duplicate_nor_lose(tmp_path):
+    spec_path = write_spec(tmp_path, "twin", "local", steps=20)
+    ids = sorted(p.run_id for p in expand(load_spec(spec_path)))
+    procs = [driver(spec_path, tmp_path), driver(spec_path, tmp_path)]
+    assert [p.wait(timeout=900) for p in procs] == [0, 0], (tmp_path / "driver.log").read_text()[-3000:]
+    got = records(tmp_path, "twin")
+    assert sorted(got) == ids and all(r["status"] == "completed" for r in got.values())
+    study = load("twin", load_spec(spec_path).launch.storage)
+    finished = [t for t in study.get_trials() if t.state.is_finished()]
+    assert sorted(t.user_attrs["run_id"] for t in finished) == ids
+    assert len(read_ledger_at(tmp_path / "runs" / "twin")) == 3
