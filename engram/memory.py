@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from engram.config import ModelConfig
+from engram.kernels import backend
+from engram.kernels.lookup import engram_lookup, rows_reference, rows_triton
 from engram.layers import HyperConnection, RMSNorm
 
 
@@ -33,18 +35,73 @@ def _offsets(sizes: list[int]) -> torch.Tensor:
 
 
 class HashedTables(nn.Module):
-    """All sub-tables of one layer in one [R, J] parameter with per-sub-table row offsets (one gather per step)."""
+    """All sub-tables of one layer in one [R, J] parameter with per-sub-table row offsets (one gather per step).
+
+    Two entries: ``forward(slots_BTS)`` gathers precomputed slots (the reference interface), and
+    ``lookup(ids_BT, ...)`` hashes and gathers in one fused kernel (:mod:`engram.kernels.lookup`; the PyTorch
+    reference where Triton cannot run). Settings read at each call:
+
+    * ``row_sparse`` — the table's gradient is a sparse COO tensor (rows read, no table-sized buffer), to be
+      stepped by :class:`engram.optim_tables.RowSparseAdam`; otherwise dense (what ``torch.optim`` expects),
+      accumulated with atomics, or in a fixed order when ``torch.use_deterministic_algorithms(True)`` is on.
+    * ``kernels`` — ``auto | torch | triton`` (``None``: the ``ENGRAM_KERNELS`` environment variable, else auto).
+    * ``shard`` — ``(rank, world)`` once :func:`engram.sharded.shard_tables_` has left only this rank's rows in
+      ``weight`` (rows ``rank, rank + world, ...``); such a table is read through ``EngramLM.memory`` (the
+      all-to-all), and its own gathers refuse to run.
+    """
 
     def __init__(self, sizes: list[int], row_dim: int, frozen: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(sum(sizes), row_dim), requires_grad=not frozen)
         self.register_buffer("offsets_S", _offsets(sizes), persistent=False)
         self.sizes = list(sizes)
+        self.row_sparse = False
+        self.kernels: str | None = None
+        self.shard: tuple[int, int] | None = None
+
+    @property
+    def total_rows(self) -> int:
+        """Rows of the whole table (all sub-tables), however many of them this process holds."""
+        return sum(self.sizes)
+
+    def _whole(self) -> None:
+        if self.shard is not None:
+            raise RuntimeError(f"this table holds rank {self.shard[0]}'s shard of {self.shard[1]}: read it through "
+                               "EngramLM.memory, which fetches rows from their owners")
 
     def forward(self, slots_BTS: torch.Tensor) -> torch.Tensor:
         """Rows of every head, concatenated: [B, T, S*J]."""
-        rows = F.embedding(slots_BTS + self.offsets_S, self.weight)
+        self._whole()
+        rows = F.embedding(slots_BTS + self.offsets_S, self.weight, sparse=self.row_sparse)
         return rows.flatten(-2)
+
+    def grad_mode(self) -> str:
+        if self.row_sparse:
+            return "sparse"
+        return "sorted" if torch.are_deterministic_algorithms_enabled() else "atomic"
+
+    def lookup(self, ids_BT: torch.Tensor, multipliers_K: torch.Tensor, primes_S: torch.Tensor, orders: list[int],
+               heads: int, pad: int) -> torch.Tensor:
+        """Rows [B, T, S*J] for compressed ids: slots as ``hashing.hash_mixed`` computes them, gathered.
+
+        Under autocast a float32 table is read out in the autocast dtype (what every consumer casts it to)."""
+        self._whole()
+        return engram_lookup(ids_BT, self.weight, multipliers_K, primes_S, self.offsets_S, orders, heads, pad,
+                             grad_mode=self.grad_mode(), out_dtype=self.read_dtype(), kernels=self.kernels)
+
+    def read_dtype(self) -> torch.dtype:
+        """The dtype rows are read out in: the table's, or the autocast dtype for a float32 table under autocast."""
+        dtype = self.weight.dtype
+        device = self.weight.device.type
+        if dtype == torch.float32 and torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+        return dtype
+
+    def rows(self, ids_BT: torch.Tensor, multipliers_K: torch.Tensor, primes_S: torch.Tensor, orders: list[int],
+             heads: int, pad: int) -> torch.Tensor:
+        """Whole-table row ids [B, T, S] (slot + sub-table offset) that :meth:`lookup` would gather, ungathered."""
+        find = rows_triton if backend(ids_BT.device, self.kernels) == "triton" else rows_reference
+        return find(ids_BT, multipliers_K, primes_S, self.offsets_S, orders, heads, pad)
 
 
 class Engram(nn.Module):
@@ -95,8 +152,10 @@ class Engram(nn.Module):
         y = F.conv1d(x, self.conv_weight.to(x.dtype), groups=M * D, dilation=self.conv_dilation)
         return F.silu(y).transpose(1, 2).reshape(B, T, M, D)
 
-    def forward(self, x_BTMD: torch.Tensor, slots_BTS: torch.Tensor) -> torch.Tensor:
-        e_BTE = self.tables(slots_BTS).to(x_BTMD.dtype)
+    def forward(self, x_BTMD: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """``memory``: this layer's rows e [B, T, E] (from ``EngramLM.memory``), or its slots [B, T, S] (ints)."""
+        e_BTE = memory if memory.is_floating_point() else self.tables(memory)
+        e_BTE = e_BTE.to(x_BTMD.dtype) if not torch.is_autocast_enabled(x_BTMD.device.type) else e_BTE
         v_BTD = self.value(e_BTE)
         if self.variant == "bigram_hash":
             return x_BTMD + (self.scale * v_BTD)[:, :, None, :]
@@ -123,7 +182,9 @@ class OverEncoding(nn.Module):
         self.orders = len(e.orders)
         self.tables = HashedTables(sizes, e.head_dim, frozen=e.control == "frozen_random")
 
-    def forward(self, x_BTD: torch.Tensor, slots_BTS: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BTD: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """``memory``: the rows [B, T, E] (from ``EngramLM.memory``), or the slots [B, T, S] (ints)."""
         B, T, D = x_BTD.shape
-        grams_BTD = self.tables(slots_BTS).to(x_BTD.dtype).view(B, T, self.orders, D).sum(2)
+        e_BTE = memory if memory.is_floating_point() else self.tables(memory)
+        grams_BTD = e_BTE.to(x_BTD.dtype).view(B, T, self.orders, D).sum(2)
         return (x_BTD + grams_BTD) / (1 + self.orders)

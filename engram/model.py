@@ -2,8 +2,11 @@
 
 Each block runs ``[Engram] -> attention -> FFN`` on the residual stream. With ``hc_mult = M > 1`` the stream is M
 wide (hyper-connections); otherwise M = 1 and every hyper-connection is a plain residual add.
-All Engram slots of a batch are computed up front from the token ids alone — the property the paper uses to
-prefetch rows — and passed to the layers that read them.
+All Engram rows of a batch are read up front from the token ids alone (:meth:`EngramLM.memory`: hash and gather
+fused in one kernel per layer) — the property the paper uses to prefetch rows — and passed to the layers that use
+them. A caller may pass them in (``forward(ids, memory=...)``): a compiled backbone then starts after the lookup,
+and :mod:`engram.offload` passes rows it is still copying from host memory (each layer waits for its own). With
+tables sharded over data-parallel ranks (:mod:`engram.sharded`), the same call fetches rows from their owners.
 
 Shapes: B batch, T time, M streams, D model width, V vocabulary, L Engram layers, S sub-tables per layer.
 """
@@ -53,6 +56,11 @@ def component_of(name: str) -> str:
     raise KeyError(f"parameter {name!r} has no component")
 
 
+def _ready(rows):
+    """Rows of one memory layer: a tensor, or an in-flight read (``wait()`` makes this stream wait for it)."""
+    return rows if isinstance(rows, torch.Tensor) else rows.wait()
+
+
 @dataclass
 class LMOutput:
     loss: torch.Tensor  # the training objective: lm_loss + aux_loss
@@ -83,9 +91,9 @@ class Block(nn.Module):
             return x_BTMD + f(x_BTMD[:, :, 0])[:, :, None]
         return hc.write(x_BTMD, f(hc.read(x_BTMD)))
 
-    def forward(self, x_BTMD, slots_BTS, cos, sin, memory: bool = True):
+    def forward(self, x_BTMD, memory_BTE, cos, sin, memory: bool = True):
         if self.engram is not None and memory:
-            x_BTMD = self.engram(x_BTMD, slots_BTS)
+            x_BTMD = self.engram(x_BTMD, memory_BTE)
         x_BTMD = self._residual(x_BTMD, self.attn_hc, lambda h: self.attn(self.attn_norm(h), cos, sin))
         return self._residual(x_BTMD, self.ffn_hc, lambda h: self.ffn(self.ffn_norm(h)))
 
@@ -102,6 +110,7 @@ class EngramLM(nn.Module):
         self.config = cfg = config
         e = cfg.engram
         self.memory_enabled = True
+        self.table_shards = None  # engram.sharded.TableShards once the tables are split over ranks
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.hasher = self.overencoding = None
         sizes = {}
@@ -167,20 +176,55 @@ class EngramLM(nn.Module):
         """Every Engram layer's slots for a batch, [L, B, T, S], from token ids alone."""
         return self.hasher(input_ids) if self.hasher is not None else None
 
-    def forward(self, input_ids: torch.Tensor, output_hidden: bool = False):
-        """Logits [B, T, V]; with ``output_hidden``, also the residual stream after the embedding and each block."""
+    def memory_tables(self) -> list:
+        """The :class:`~engram.memory.HashedTables` of each memory layer, in the order of ``config.engram.layers``."""
+        if self.overencoding is not None:
+            return [self.overencoding.tables]
+        return [m.tables for m in self.engram_modules()]
+
+    def memory(self, input_ids: torch.Tensor) -> list[torch.Tensor] | None:
+        """Every memory layer's rows [B, T, E] for a batch, from token ids alone (one fused lookup per layer)."""
+        if self.hasher is None:
+            return None
+        h = self.hasher
+        ids_BT = h.compress(input_ids)
+        if self.table_shards is not None:  # the rows live on several ranks: hash here, fetch them by all-to-all
+            rows = [tables.rows(ids_BT, h.multipliers_LN[i], h.primes_LS[i], h.orders, h.heads, h.pad)
+                    for i, tables in enumerate(self.memory_tables())]
+            return self.table_shards.read(rows, self.memory_tables())
+        return [tables.lookup(ids_BT, h.multipliers_LN[i], h.primes_LS[i], h.orders, h.heads, h.pad)
+                for i, tables in enumerate(self.memory_tables())]
+
+    def set_row_sparse_tables(self, enabled: bool = True) -> None:
+        """Give every table a row-sparse (COO) gradient, for :class:`engram.optim_tables.RowSparseAdam`."""
+        for tables in self.memory_tables():
+            tables.row_sparse = enabled
+
+    def set_kernels(self, kernels: str | None) -> None:
+        """Force the lookup's implementation: ``torch``, ``triton``, ``auto``; ``None`` defers to ENGRAM_KERNELS."""
+        for tables in self.memory_tables():
+            tables.kernels = kernels
+
+    def forward(self, input_ids: torch.Tensor, output_hidden: bool = False, memory: list | None = None):
+        """Logits [B, T, V]; with ``output_hidden``, also the residual stream after the embedding and each block.
+
+        ``memory``: the rows of :meth:`memory` for these ids, computed here when not given; an entry may also be an
+        object with ``wait() -> rows`` (rows still arriving), awaited just before its layer runs."""
         B, T = input_ids.shape
         if T > self.config.max_seq_len:
             raise ValueError(f"sequence of {T} tokens exceeds max_seq_len={self.config.max_seq_len}")
-        slots_LBTS = self.slots(input_ids)
+        if memory is None and self.memory_enabled:
+            memory = self.memory(input_ids)
         x_BTD = self.embed(input_ids)
         if self.overencoding is not None and self.memory_enabled:
-            x_BTD = self.overencoding(x_BTD, slots_LBTS[0])
+            x_BTD = self.overencoding(x_BTD, _ready(memory[0]))
         x_BTMD = x_BTD[:, :, None, :].expand(B, T, self.config.hc_mult, -1)
         hidden = [x_BTD] if output_hidden else None
         for i, block in enumerate(self.blocks):
-            slot = slots_LBTS[self.engram_layers.index(i)] if block.engram is not None else None
-            x_BTMD = block(x_BTMD, slot, self.rope_cos, self.rope_sin, memory=self.memory_enabled)
+            rows = None
+            if block.engram is not None and self.memory_enabled:
+                rows = _ready(memory[self.engram_layers.index(i)])
+            x_BTMD = block(x_BTMD, rows, self.rope_cos, self.rope_sin, memory=self.memory_enabled)
             if output_hidden:
                 hidden.append(x_BTMD.sum(2))
         logits = self.logits(x_BTMD.sum(2))
@@ -191,8 +235,9 @@ class EngramLM(nn.Module):
         weight = self.embed.weight if self.head is None else self.head.weight
         return F.linear(self.norm(h_BTD), weight)
 
-    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> LMOutput:
-        logits = self(input_ids)
+    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
+             memory: list | None = None) -> LMOutput:
+        logits = self(input_ids, memory=memory)
         lm = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
         aux = sum((m.aux_loss for m in self.moe_layers() if m.aux_loss is not None), torch.zeros((), device=lm.device))
         return LMOutput(loss=lm + aux, lm_loss=lm, aux_loss=aux)

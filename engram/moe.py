@@ -5,6 +5,15 @@ Balancing is auxiliary-loss-free by default: a per-expert ``bias`` buffer is add
 :meth:`MoE.update_bias`, which the trainer calls before each optimizer step. An optional sequence-wise balance loss
 is available through ``aux_loss_coef``.
 
+Dispatch: the R = N*k (token, expert) pairs are sorted by expert (a stable sort of int32 ids; the group ends come
+from ``searchsorted`` on the sorted ids, not ``bincount``, which reads the largest id on the host), the tokens
+gathered in that order (in bf16 on the grouped path, so every routed copy is half the bytes), every expert's SwiGLU
+run as grouped GEMMs over contiguous row groups (``torch._grouped_mm`` on Hopper GPUs, a loop over experts on the
+CPU reference), and the outputs gathered back to (token, slot) order through the inverse permutation and summed
+with the gate weights in float32. Both permutations are gathers in the backward too (:class:`_Dispatch`,
+:class:`_Combine`): no scatter-add, no atomics. Every shape is static and nothing waits on the device, so the GPU
+path runs under ``torch.compile(fullgraph=True)`` and CUDA graphs.
+
 Shapes: B batch, T time, N = B*T tokens, D model width, E routed experts, F expert hidden, k top-k,
 R = N*k routed (token, expert) pairs.
 """
@@ -34,14 +43,50 @@ def experts_loop(x_RD: torch.Tensor, counts_E: torch.Tensor, w1_EFD: torch.Tenso
 
 def experts_grouped(x_RD: torch.Tensor, counts_E: torch.Tensor, w1_EFD: torch.Tensor, w3_EFD: torch.Tensor,
                     w2_EDF: torch.Tensor) -> torch.Tensor:
-    """Grouped GEMMs (``torch._grouped_mm``): one launch per projection, no host sync, no loop over experts."""
-    offs = torch.cumsum(counts_E, 0, dtype=torch.int32)
+    """Grouped GEMMs (``torch._grouped_mm``): no host sync, no loop over experts.
+
+    bf16 operands, int32 cumulative row offsets, right operands passed transposed (column-major: the fast path).
+    W1 and W3 go through one GEMM as [E, 2F, D], so the gathered tokens are read once for both."""
+    Fh = w1_EFD.shape[1]
+    offs_E = torch.cumsum(counts_E, 0, dtype=torch.int32)
     dtype = torch.bfloat16
     x = x_RD.to(dtype)
-    h1 = torch._grouped_mm(x, w1_EFD.to(dtype).transpose(-2, -1), offs=offs)
-    h3 = torch._grouped_mm(x, w3_EFD.to(dtype).transpose(-2, -1), offs=offs)
-    y = torch._grouped_mm(F.silu(h1) * h3, w2_EDF.to(dtype).transpose(-2, -1), offs=offs)
+    w13_EHD = torch.cat([w1_EFD, w3_EFD], dim=1).to(dtype)
+    h_RH = torch._grouped_mm(x, w13_EHD.transpose(-2, -1), offs=offs_E)
+    a_RF = F.silu(h_RH[:, :Fh]) * h_RH[:, Fh:]
+    y = torch._grouped_mm(a_RF, w2_EDF.to(dtype).transpose(-2, -1), offs=offs_E)
     return y.to(x_RD.dtype)
+
+
+class _Dispatch(torch.autograd.Function):
+    """Tokens into expert order, ``x_RD = x_ND[order_R // k]``. Backward by gathers as well: token n's gradient is
+    the sum over its k slots of ``g_RD[inverse_R[n k + s]]`` (autograd's own would scatter-add with atomics)."""
+
+    @staticmethod
+    def forward(ctx, x_ND, order_R, inverse_R, k):
+        ctx.save_for_backward(inverse_R)
+        ctx.k = k
+        return x_ND[order_R // k]
+
+    @staticmethod
+    def backward(ctx, g_RD):
+        (inverse_R,) = ctx.saved_tensors
+        g_ND = g_RD[inverse_R].view(-1, ctx.k, g_RD.shape[-1]).sum(1, dtype=torch.float32)
+        return g_ND.to(g_RD.dtype), None, None, None
+
+
+class _Combine(torch.autograd.Function):
+    """Expert outputs back to (token, slot) order, ``y_NkD = y_RD[inverse_R]``; backward ``g_RD = g_R[order_R]``."""
+
+    @staticmethod
+    def forward(ctx, y_RD, order_R, inverse_R, k):
+        ctx.save_for_backward(order_R)
+        return y_RD[inverse_R].view(-1, k, y_RD.shape[-1])
+
+    @staticmethod
+    def backward(ctx, g_NkD):
+        (order_R,) = ctx.saved_tensors
+        return g_NkD.reshape(-1, g_NkD.shape[-1])[order_R], None, None, None
 
 
 def grouped_mm_available(device: torch.device) -> bool:
@@ -79,21 +124,23 @@ class MoE(nn.Module):
         x_ND = x_BTD.reshape(-1, D)
         selected_Nk, weights_Nk, scores_NE = self.route(x_ND)
         E, k = self.cfg.n_routed, self.cfg.top_k
-        flat_R = selected_Nk.flatten()
-        counts_E = torch.bincount(flat_R, minlength=E)
+        # pair r = (token r // k, slot r % k); sorted by expert, stably; group ends by binary search
+        sorted_R, order_R = torch.sort(selected_Nk.flatten().to(torch.int32), stable=True)
+        ends_E = torch.searchsorted(sorted_R, torch.arange(1, E + 1, dtype=torch.int32, device=x_ND.device))
+        counts_E = torch.diff(ends_E, prepend=ends_E.new_zeros(1))
         if self.training:
             with torch.no_grad():
                 self.load += counts_E.to(self.load.dtype)
             if self.cfg.aux_loss_coef > 0:
                 self.aux_loss = self._balance_loss(selected_Nk.view(B, T, k), scores_NE.view(B, T, E))
-        order_R = torch.argsort(flat_R, stable=True)
-        token_R = order_R // k
-        x_RD = x_ND[token_R]
+        inverse_R = torch.empty_like(order_R).scatter_(0, order_R, torch.arange(order_R.numel(), device=x_ND.device,
+                                                                                 dtype=order_R.dtype))
         use_grouped = self.backend == "grouped" or (self.backend == "auto" and grouped_mm_available(x_ND.device))
         run = experts_grouped if use_grouped else experts_loop
-        y_RD = run(x_RD, counts_E, self.w1_EFD, self.w3_EFD, self.w2_EDF)
-        y_RD = y_RD * weights_Nk.flatten()[order_R].unsqueeze(-1).to(y_RD.dtype)
-        out_ND = torch.zeros_like(x_ND).index_add_(0, token_R, y_RD)
+        x_in = x_ND.to(torch.bfloat16) if use_grouped else x_ND  # the grouped GEMMs take bf16 anyway
+        y_RD = run(_Dispatch.apply(x_in, order_R, inverse_R, k), counts_E, self.w1_EFD, self.w3_EFD, self.w2_EDF)
+        y_NkD = _Combine.apply(y_RD, order_R, inverse_R, k)
+        out_ND = (y_NkD.float() * weights_Nk.unsqueeze(-1)).sum(1).to(x_ND.dtype)
         if self.shared is not None:
             out_ND = out_ND + self.shared(x_ND)
         return out_ND.view(B, T, D)
@@ -113,6 +160,7 @@ class MoE(nn.Module):
         """Move each expert's selection bias toward the mean load by ``bias_update_rate``; reset the counts."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(self.load)
-        if self.cfg.bias_update_rate > 0 and self.load.sum() > 0:
+        # no "if load.sum() > 0" (it would wait for the device): an all-zero load has sign 0 and moves nothing
+        if self.cfg.bias_update_rate > 0:
             self.bias += self.cfg.bias_update_rate * torch.sign(self.load.mean() - self.load)
         self.load.zero_()

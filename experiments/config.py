@@ -206,4 +206,5 @@ def resolve(trial: TrialConfig) -> TrialConfig:
 
 
 def trial_id(resolved: TrialConfig) -> str:
-    return run_id(resolved.to_dict())
+    """The run id: a hash of what the trial does. Its sweep axes are labels, not part of it."""
+    return run_id({k: v for k, v in resolved.to_dict().items() if k != "axes"})

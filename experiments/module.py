@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from engram.compress import Compression
 from engram.model import EngramLM
+from engram.optim_tables import clip_grad_norm_
 from experiments.config import TrialConfig
 from experiments.data import Corpus, TrainBatches, ValidationSet
 from experiments.optim import build_optimizers, set_learning_rates
@@ -45,9 +46,8 @@ class LanguageModelTask(L.LightningModule):
         self._step_start: float | None = None
 
     def configure_model(self) -> None:
-        if self.trial.train.compile and not getattr(self, "_compiled", False):
-            self.model.compile()
-            self._compiled = True
+        # Engram's lookup runs eagerly ahead of the backbone (EngramLM.memory), so the loss compiles as one graph
+        self._loss = torch.compile(self.model.loss) if self.trial.train.compile else self.model.loss
 
     def configure_optimizers(self):
         return build_optimizers(self.model, self.trial.optim)
@@ -64,13 +64,13 @@ class LanguageModelTask(L.LightningModule):
         opt = self.optimizers()
         step = self.global_step
         lr_factor = set_learning_rates(opt.optimizer, step, self.total_steps, self.trial.optim)
-        out = self.model.loss(x, y)
+        out = self._loss(x, y, memory=self.model.memory(x))
         loss_value = out.lm_loss.detach()
         if not torch.isfinite(out.loss):
             raise Diverged(step, float(out.loss))
         self.manual_backward(out.loss)
-        if self.trial.optim.grad_clip > 0:
-            self.clip_gradients(opt, gradient_clip_val=self.trial.optim.grad_clip, gradient_clip_algorithm="norm")
+        if self.trial.optim.grad_clip > 0:  # clips row-sparse table gradients too, which torch's clipping cannot
+            clip_grad_norm_(self.model.parameters(), self.trial.optim.grad_clip)
         self.model.update_router_biases()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -1,6 +1,7 @@
 """Optimizers and learning-rate schedules, with the parameter groups the paper uses.
 
-* Engram tables: Adam at ``table_lr_mult`` x the base learning rate with no weight decay (PAPER.md 3.1: x5, 0).
+* Engram tables: Adam at ``table_lr_mult`` x the base learning rate with no weight decay (PAPER.md 3.1: x5, 0),
+  dense or row-sparse (``table_optimizer``).
 * Backbone: AdamW, or ``torch.optim.Muon`` for every 2-D hidden matrix (attention, dense and shared-expert MLPs,
   Engram's value projection) with AdamW for the rest: embedding, head, norms, router, hyper-connections and the
   3-D stacks (routed experts, per-branch keys), which ``torch.optim.Muon`` does not take.
@@ -18,6 +19,7 @@ import torch
 from engram.config import ConfigError
 from engram.layers import HyperConnection, RMSNorm
 from engram.model import EngramLM, component_of
+from engram.optim_tables import RowSparseAdam
 
 
 @dataclass
@@ -32,6 +34,9 @@ class OptimConfig:
         muon_momentum: Muon's momentum.
         table_lr_mult: Engram/OverEncoding table learning rate as a multiple of ``lr``.
         table_weight_decay: weight decay of the tables.
+        table_optimizer: ``adam`` (dense: every row's moments move every step, as the paper's Adam does) or
+            ``row_sparse_adam`` (:class:`engram.optim_tables.RowSparseAdam`: the step costs in proportion to the rows
+            the batch read, with lazy moments; its effect on loss is an ablation).
         schedule: ``cosine`` (to ``min_lr_ratio``), ``wsd`` (warm-up, stable, linear decay over the last
             ``decay_fraction``) or ``constant``.
         warmup_steps: linear warm-up from 0.
@@ -49,6 +54,7 @@ class OptimConfig:
     muon_momentum: float = 0.95
     table_lr_mult: float = 5.0
     table_weight_decay: float = 0.0
+    table_optimizer: Literal["adam", "row_sparse_adam"] = "adam"
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
@@ -70,6 +76,8 @@ class OptimConfig:
             raise ConfigError("decay_fraction", f"must lie in (0, 1], got {self.decay_fraction}")
         if self.optimizer not in ("adamw", "muon"):
             raise ConfigError("optimizer", f"unknown {self.optimizer!r}")
+        if self.table_optimizer not in ("adam", "row_sparse_adam"):
+            raise ConfigError("table_optimizer", f"unknown {self.table_optimizer!r}")
         if self.schedule not in ("cosine", "wsd", "constant"):
             raise ConfigError("schedule", f"unknown {self.schedule!r}")
 
@@ -174,8 +182,14 @@ def build_optimizers(model: EngramLM, cfg: OptimConfig) -> OptimizerSet:
         optimizers[-1].param_groups[0]["initial_lr"] = cfg.muon_lr
     if groups["tables"]:
         table_lr = cfg.lr * cfg.table_lr_mult
-        optimizers.append(torch.optim.Adam([p for _, p in groups["tables"]], lr=table_lr, betas=betas, eps=cfg.eps,
-                                           weight_decay=cfg.table_weight_decay))
+        tables = [p for _, p in groups["tables"]]
+        if cfg.table_optimizer == "row_sparse_adam":
+            model.set_row_sparse_tables(True)
+            optimizers.append(RowSparseAdam(tables, lr=table_lr, betas=betas, eps=cfg.eps,
+                                            weight_decay=cfg.table_weight_decay))
+        else:
+            optimizers.append(torch.optim.Adam(tables, lr=table_lr, betas=betas, eps=cfg.eps,
+                                               weight_decay=cfg.table_weight_decay))
         optimizers[-1].param_groups[0]["initial_lr"] = table_lr
     return OptimizerSet(optimizers)
 

@@ -94,7 +94,9 @@ class TrialJob(submitit.helpers.Checkpointable):
 
         try:
             distributions = {k: CategoricalDistribution(v) for k, v in self.choices.items()}
-            mirror_record(load(record["sweep"], self.storage), record, self.params, distributions)
+            # under the driver's lock: a driver reconciling the study at the same moment would add it twice
+            with driver_lock(SweepPaths(Path(self.results), Path(self.workdir), record["sweep"])):
+                mirror_record(load(record["sweep"], self.storage), record, self.params, distributions)
         except Exception as err:  # the record is the truth; the driver reconciles the study at its next start
             print(f"could not mirror {record['run_id']} in the Optuna study: {err}", file=sys.stderr)
 
@@ -223,7 +225,8 @@ def record_lost(paths: SweepPaths, p: PlannedTrial, detail: str) -> dict:
 
 @contextlib.contextmanager
 def driver_lock(paths: SweepPaths):
-    """Serialises the check-and-submit step of concurrent drivers of one sweep (waits for the other)."""
+    """Serialises the check-and-submit step of concurrent drivers of one sweep, and their study updates with those
+    of the trial jobs (each waits for the other)."""
     paths.work.mkdir(parents=True, exist_ok=True)
     with open(paths.work / ".driver.lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

@@ -33,7 +33,7 @@ def format_plan(spec: SweepSpec, rows: list[dict]) -> str:
         rho = "-" if r["rho"] is None else f"{r['rho']:.3f}"
         lines.append(f"{r['run_id']:<12}  {r['point'][:36]:<36} {rho:>6} {r['experts']:>7} {r['engram_slots']:>10,} "
                      f"{r['P_tot']:>12,} {r['P_act']:>11,} {r['tokens']:>12,} {r['total_flops']:>9.2e} "
-                     f"{r['gpu_hours']:>7.3f}")
+                     f"{r['gpu_hours']:>7.4f}")
     total = sum(r["gpu_hours"] for r in rows)
     lines.append(f"total: {sum(r['tokens'] for r in rows):,} tokens, {sum(r['total_flops'] for r in rows):.3e} FLOPs, "
                  f"{total:.2f} GPU-hours")

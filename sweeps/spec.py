@@ -178,9 +178,11 @@ class PlannedTrial:
     axes: dict
     trial: TrialConfig  # resolved
     run_id: str
+    merged: list[dict] = field(default_factory=list)  # other points that build this very trial
 
     def label(self) -> str:
-        return ", ".join(f"{k}={_short(v)}" for k, v in self.axes.items()) or self.run_id
+        text = ", ".join(f"{k}={_short(v)}" for k, v in self.axes.items()) or self.run_id
+        return text + (f" (+{len(self.merged)} same)" if self.merged else "")
 
 
 def _short(v: Any) -> str:
@@ -250,18 +252,21 @@ def grid_points(spec: SweepSpec) -> list[dict]:
 
 
 def expand(spec: SweepSpec) -> list[PlannedTrial]:
-    """Every grid trial, resolved; the whole spec is refused at the first point that cannot be built."""
+    """Every grid trial, resolved; the whole spec is refused at the first point that cannot be built.
+
+    Axes apply in the order the spec lists them, so a later axis can undo an earlier one (a ``none`` level that
+    removes the memory makes the rows axis moot); points that build the same trial are one trial, listed first."""
     if spec.is_study:
         raise ValueError("an Optuna study is sampled while it runs, not expanded")
     by_name = {a.name: a for a in spec.axes}
-    planned = [make_trial(spec, p, [o for n, k in p.items() for o in _overrides(by_name[n].overrides(k), n)])
-               for p in grid_points(spec)]
     seen: dict[str, PlannedTrial] = {}
-    for p in planned:
+    for point in grid_points(spec):
+        p = make_trial(spec, point, [o for n, k in point.items() for o in _overrides(by_name[n].overrides(k), n)])
         if p.run_id in seen:
-            raise ConfigError(f"point {p.label()}", f"builds the same trial as {seen[p.run_id].label()}")
-        seen[p.run_id] = p
-    return planned
+            seen[p.run_id].merged.append(point)
+        else:
+            seen[p.run_id] = p
+    return list(seen.values())
 
 
 def study_trial(spec: SweepSpec, params: dict) -> PlannedTrial:

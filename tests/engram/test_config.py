@@ -55,4 +55,4 @@ def test_build_from_nested_dict_reports_full_path():
     assert err.value.field == "model.moe.top_k"
     with pytest.raises(ConfigError) as err:
         build(ModelConfig, {"d_model": "wide"}, "model")
-    assert err.value.field == "model.d_model" and "integer" in str(err.value)
+    assert err.value.field == "model.d_model" and "expected a number" in str(err.value)

@@ -73,9 +73,11 @@ def records(tmp_path: Path, name: str) -> dict[str, dict]:
 
 
 def stop(job_id: str, executor: str, run_dir: Path) -> None:
-    """Cancel a SLURM job; kill a local job's process and the trainer it started (the pid in the trial lock)."""
+    """Kill a trial's job mid-run: SIGKILL to every process of the SLURM job (a plain ``scancel`` sends SIGTERM,
+    which submitit lets pass, and a tiny trial may finish before SLURM's KillWait); a local job's process and the
+    trainer it started (the pid in the trial lock)."""
     if executor == "slurm":
-        subprocess.run(["scancel", job_id], check=True)
+        subprocess.run(["scancel", "--signal=KILL", "--full", job_id], check=True)
         return
     trainer_pid = int((run_dir / ".lock").read_text().split()[1])
     for pid in (int(job_id), trainer_pid):
@@ -96,7 +98,7 @@ def test_sweep_survives_requeue_cancel_and_a_dead_driver(tmp_path, executor):
     first = driver(spec_path, tmp_path)
     ledger = wait_for(lambda: len(read_ledger_at(work)) >= 2 and read_ledger_at(work), 240, "two submissions")
     a, b = ids[0], ids[1]
-    # trial b: cancelled (SLURM) or killed (local) while it runs -> recorded failed
+    # trial b: killed while it runs -> recorded failed
     wait_for(lambda: (work / b / ".lock").exists() and (work / b / ".lock").read_text().strip(), 240,
              "trial b to start")
     stop(ledger[b]["job_id"], executor, work / b)
@@ -112,7 +114,7 @@ def test_sweep_survives_requeue_cancel_and_a_dead_driver(tmp_path, executor):
     got = records(tmp_path, name)
     assert sorted(got) == sorted(ids)
     assert got[b]["status"] == "failed"
-    assert "without a record" in got[b]["reason"] or "CANCELLED" in got[b]["reason"]
+    assert "without a record" in got[b]["reason"] or "ended" in got[b]["reason"]
     assert got[a]["status"] == "completed" and got[ids[2]]["status"] == "completed"
     if executor == "slurm":
         logs = "".join(p.read_text() for p in (work / "logs").rglob(f"{ledger[a]['job_id']}*.err"))

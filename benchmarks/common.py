@@ -1,0 +1,161 @@
+"""Shared pieces of the benchmarks: timing, the copy-bandwidth ceiling, loud correctness checks, the result JSON.
+
+Every benchmark measures its reference in the same run as the code under test, prints a short table with the
+ratio, raises on a numerical mismatch, and writes ``results/benchmarks/<name>.json`` with the device, the library
+versions and the exact command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "benchmarks"
+
+
+class Mismatch(AssertionError):
+    """A benchmarked path computed something other than its reference."""
+
+
+def environment() -> dict:
+    import triton
+
+    return {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "command": "PYTHONPATH=. python3 " + " ".join(shlex.quote(a) for a in sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def smoke() -> bool:
+    """``BENCH_SMOKE=1``: run a benchmark's code path at toy sizes on the CPU (kernels under TRITON_INTERPRET=1),
+    timing with the host clock — a check of the script itself before it spends GPU time, not a measurement."""
+    return os.environ.get("BENCH_SMOKE", "0") == "1"
+
+
+def device() -> torch.device:
+    if smoke():
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SystemExit("this benchmark needs a CUDA GPU (BENCH_SMOKE=1 runs a CPU check of the script)")
+    return torch.device("cuda")
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available() and not smoke():
+        torch.cuda.synchronize()
+
+
+def _host_median_ms(fn, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    synchronize()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def cuda_time_ms(fn, warmup: int = 5, iters: int = 20) -> float:
+    """Median milliseconds of ``fn()`` timed with CUDA events, one event pair per call (after ``warmup`` calls)."""
+    if smoke():
+        return _host_median_ms(fn, 1, 2)
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def kernel_time_ms(fn, warmup_ms: int = 25, rep_ms: int = 100) -> float:
+    """Median milliseconds of a device-side ``fn()``, L2 flushed between calls (``triton.testing.do_bench``)."""
+    if smoke():
+        return _host_median_ms(fn, 1, 2)
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+def wall_time_ms(fn, warmup: int = 2, iters: int = 10) -> float:
+    """Median wall-clock milliseconds of ``fn()`` including host work, the device synchronised after each call."""
+    return _host_median_ms(fn, 1 if smoke() else warmup, 2 if smoke() else iters)
+
+
+def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written (the memory ceiling)."""
+    if smoke():
+        nbytes = 1 << 20
+    src = torch.empty(nbytes // 2, dtype=torch.int16, device=device()).random_()
+    dst = torch.empty_like(src)
+    ms = kernel_time_ms(lambda: dst.copy_(src))
+    return 2 * nbytes / (ms * 1e-3)
+
+
+def check_equal(name: str, got: torch.Tensor, ref: torch.Tensor) -> None:
+    if got.shape != ref.shape or not torch.equal(got, ref):
+        bad = (got != ref).sum().item() if got.shape == ref.shape else "shape"
+        raise Mismatch(f"{name}: not bit-identical to the reference ({bad} elements differ)")
+
+
+def check_close(name: str, got: torch.Tensor, ref: torch.Tensor, rel: float) -> float:
+    """Relative error ||got - ref|| / ||ref|| (float64); raises when it is over ``rel`` or not finite."""
+    got64, ref64 = got.double(), ref.double()
+    err = ((got64 - ref64).norm() / ref64.norm().clamp_min(1e-30)).item()
+    if not (err <= rel):  # NaN fails too
+        raise Mismatch(f"{name}: relative error {err:.3g} > {rel:.1g}")
+    return err
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    """A fixed-width text table of ``rows`` (dicts) over ``columns``; floats with 4 significant digits."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def write_result(name: str, payload: dict) -> Path:
+    """``results/benchmarks/<name>.json`` (and a copy under $OUT when the device tool set it), atomically."""
+    path = RESULTS / f"{name}.json"
+    if smoke():
+        print(f"(smoke run: {path.name} not written)")
+        return path
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"benchmark": name, **environment(), **payload}, indent=2, default=str))
+    os.replace(tmp, path)
+    out = os.environ.get("OUT")
+    if out:
+        Path(out, path.name).write_text(path.read_text())
+    return path
+
+
+def compile_(fn, **kwargs):
+    """``torch.compile`` (eager in a smoke run: a CPU inductor build would only slow the check down)."""
+    return fn if smoke() else torch.compile(fn, **kwargs)

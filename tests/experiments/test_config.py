@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+
+from engram.config import ConfigError
+from experiments.config import load_trial, resolve, trial_from_dict, trial_id
+from experiments.optim import build_optimizers, lr_factor, OptimConfig, parameter_groups
+from engram.model import EngramLM
+
+from .tiny import tiny
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "experiments" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_config_resolves(path):
+    trial = resolve(load_trial(path))
+    assert trial.model.vocab_size == trial.data.vocab_size
+    assert len(trial_id(trial)) == 12
+
+
+def test_overrides_layer_over_yaml_and_are_validated():
+    trial = trial_from_dict(tiny(), ["model.d_model=128", "model.engram.layers=[0,1]", "train.tokens=1e5"])
+    assert trial.model.d_model == 128 and trial.model.engram.layers == [0, 1] and trial.train.tokens == 100000
+    with pytest.raises(ConfigError) as err:
+        trial_from_dict(tiny(), ["model.engram.layers=[5]"])
+    assert err.value.field == "model.engram.layers"
+    with pytest.raises(ConfigError) as err:
+        trial_from_dict(tiny(), ["optim.lrr=1"])
+    assert err.value.field == "optim.lrr"
+    with pytest.raises(ConfigError) as err:
+        trial_from_dict(tiny(train={"compute": 1e12}))
+    assert err.value.field == "train.tokens"
+
+
+def test_run_id_follows_the_resolved_config():
+    a = resolve(trial_from_dict(tiny()))
+    assert trial_id(a) == trial_id(resolve(trial_from_dict(tiny())))
+    assert trial_id(a) != trial_id(resolve(trial_from_dict(tiny(seed=1))))
+
+
+def test_budget_places_the_model_and_infeasible_budgets_name_the_field():
+    cfg = tiny(budget={"total_params": 400_000, "rho": 0.8})
+    trial = resolve(trial_from_dict(cfg))
+    assert trial.model.moe.n_routed > 4 and trial.model.engram.rows[0] != 499
+    with pytest.raises(ConfigError) as err:
+        resolve(trial_from_dict(tiny(budget={"total_params": 1000, "rho": 0.8})))
+    assert err.value.field == "budget.total_params"
+
+
+def test_tables_get_adam_at_five_times_the_rate_and_no_decay():
+    model = EngramLM(resolve(trial_from_dict(tiny())).model)
+    cfg = OptimConfig(lr=1e-3)
+    opt = build_optimizers(model, cfg)
+    tables = {id(p) for p in model.table_parameters()}
+    table_groups = [g for g in opt.param_groups if any(id(p) in tables for p in g["params"])]
+    assert len(table_groups) == 1
+    assert table_groups[0]["lr"] == pytest.approx(5e-3) and table_groups[0]["weight_decay"] == 0.0
+    assert all(id(p) in tables for p in table_groups[0]["params"])
+    groups = parameter_groups(model, cfg)
+    assert not any(n.endswith("norm.weight") for n, _ in groups["decay"])
+    assert any(n == "embed.weight" for n, _ in groups["no_decay"])
+    muon = parameter_groups(model, OptimConfig(optimizer="muon"))
+    assert muon["muon"] and all(p.ndim == 2 for _, p in muon["muon"])
+    assert len(build_optimizers(model, OptimConfig(optimizer="muon")).optimizers) == 3
+
+
+def test_schedules():
+    cfg = OptimConfig(warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, 100, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, 100, cfg) == pytest.approx(1.0)
+    assert lr_factor(100, 100, cfg) == pytest.approx(0.1)
+    wsd = OptimConfig(schedule="wsd", warmup_steps=0, decay_fraction=0.2, min_lr_ratio=0.0)
+    assert lr_factor(50, 100, wsd) == 1.0 and lr_factor(90, 100, wsd) == pytest.approx(0.5)
