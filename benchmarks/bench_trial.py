@@ -26,7 +26,7 @@ TRIALS = {
     "allocation-base (P_act 1.7M)": ["budget.rho=0.8"],
     "paper-family (P_act ~10M)": ["model.d_model=384", "model.n_heads=6", "model.ffn_hidden=1152",
                                   "model.moe.expert_hidden=384", "model.engram.mem_dim=192",
-                                  "budget.total_params=9.0e+7", "budget.rho=0.8", "train.compute=1.0e+15"],
+                                  "budget.total_params=9.0e+7", "budget.rho=0.8", "train.compute=3.0e+14"],
 }
 SMOKE = ["model.d_model=64", "model.n_heads=2", "model.ffn_hidden=128", "model.moe.expert_hidden=64",
          "model.engram.mem_dim=32", "budget.total_params=1.0e+6", "train.compute=2.0e+11", "data.seq_len=64",
