@@ -201,21 +201,15 @@ def split_eval_column(col: str) -> tuple[str, str, bool]:
 def memory_and_twin(results: str | Path, sweep: str) -> tuple[dict, dict]:
     """The run records of an allocation sweep's best memory model and of its iso-parameter MoE twin.
 
-    Best: the lowest validation loss among completed runs with rho < 1 at the sweep's largest total-parameter
-    budget. Twin: the completed rho = 1 run (all sparse parameters in experts) of the same budget and seed, so the
-    two differ only in where the sparse parameters went."""
+    Best: the lowest validation loss among completed runs with rho < 1 at the largest total-parameter budget that
+    has a twin. Twin: the completed rho = 1 run (all sparse parameters in experts) of the same budget and seed, so
+    the two differ only in where the sparse parameters went."""
     runs = [rec for _, rec in read_sweep(results, sweep)[0] if rec["status"] == "completed"]
-
-    def budget(rec):
-        return rec["config"]["budget"]
-
-    largest = max((budget(r)["total_params"] for r in runs), default=None)
-    at_budget = [r for r in runs if budget(r)["total_params"] == largest]
-    memory = [r for r in at_budget if budget(r)["rho"] < 1]
-    if not memory:
-        raise LookupError(f"{sweep}: no completed run with rho < 1 at its largest budget")
-    best = min(memory, key=lambda r: r["metrics"]["val_loss"])
-    twins = [r for r in at_budget if budget(r)["rho"] == 1 and r["seed"] == best["seed"]]
-    if not twins:
-        raise LookupError(f"{sweep}: no completed rho = 1 run at P_tot {largest:g}, seed {best['seed']}")
-    return best, twins[0]
+    for total in sorted({r["config"]["budget"]["total_params"] for r in runs}, reverse=True):
+        at_budget = [r for r in runs if r["config"]["budget"]["total_params"] == total]
+        twins = {r["seed"]: r for r in at_budget if r["config"]["budget"]["rho"] == 1}
+        memory = [r for r in at_budget if r["config"]["budget"]["rho"] < 1 and r["seed"] in twins]
+        if memory:
+            best = min(memory, key=lambda r: r["metrics"]["val_loss"])
+            return best, twins[best["seed"]]
+    raise LookupError(f"{sweep}: no budget has both a completed rho < 1 run and its rho = 1 twin")

@@ -101,3 +101,20 @@ def test_missing_sweep_folder_is_an_error_and_find_sweeps_lists_folders(tmp_path
     assert len(data.load(tmp_path)) == 2
     with pytest.raises(FileNotFoundError, match="nope"):
         data.load(tmp_path, ["nope"])
+
+
+def test_memory_and_twin_pairs_the_best_memory_run_with_its_moe_twin(tmp_path):
+    def run(total, rho, seed, loss):
+        rec = make_run_record(sweep="s", experiment="allocation", seed=seed, val_loss=loss,
+                              axes={"rho": rho, "budget": f"{total:g}", "seed": seed})
+        rec["config"]["budget"] = {"total_params": total, "rho": rho}
+        return rec
+
+    runs = [run(2e7, 0.8, 0, 2.0), run(2e7, 1.0, 0, 2.1),  # the smaller budget: complete, but not the largest
+            run(6e7, 0.7, 0, 1.9), run(6e7, 0.8, 1, 1.6), run(6e7, 1.0, 0, 1.95), run(6e7, 1.0, 1, 1.7),
+            run(9e7, 0.8, 0, 1.5)]  # the largest budget has no twin yet: skipped
+    best, twin = data.memory_and_twin(_sweep(tmp_path, runs), "s")
+    assert (best["config"]["budget"], best["seed"]) == ({"total_params": 6e7, "rho": 0.8}, 1)
+    assert (twin["config"]["budget"], twin["seed"]) == ({"total_params": 6e7, "rho": 1.0}, 1)
+    with pytest.raises(LookupError, match="no budget"):
+        data.memory_and_twin(_sweep(tmp_path / "other", runs[-1:]), "s")

@@ -1,0 +1,146 @@
+"""Does a model trained on the embedded synthetic corpus score above chance on its world's knowledge questions and
+on needle-in-a-haystack retrieval at short context? One trial trained (or an exported model taken), then evaluated
+through lm-eval with the Engram output on and off.
+
+Trains ``--config`` (default experiments/configs/smoke.yaml) through experiments.train.run_trial with the
+overrides below, or takes ``--ckpt`` (an exported model folder), then runs eval.run.evaluate on
+
+    engram_world_knowledge_cloze         the answer's text scored as the continuation of "Answer:" (chance 25 %)
+    engram_world_knowledge               the same questions in MMLU's letter format (chance 25 %)
+    engram_world_knowledge_cloze_top100  facts of the 100 most mentioned entities only (chance 25 %)
+    engram_niah_{single,multikey,multiquery}_<L>   RULER-style retrieval, L = the model's context (chance ~0:
+                                         7-digit numbers)
+
+each with the memory on and off (the paper's sensitivity test), and writes results/eval/eval_synthetic.json: the
+command, the device and versions, the run's summary and each task's metric with its standard error, its chance level
+and z = (value - chance) / stderr. The eval records go beside the run record (results/<sweep>/evals/<run_id>/).
+
+The default overrides lengthen the context to 512 tokens (RULER's NIAH prompts take ~250-400 tokens of a
+2048-token vocabulary before any haystack, and the model should train at the length it is tested at) and train
+2e7 tokens; `--set` adds or replaces overrides. A completed trial is not trained again (run_trial returns its record).
+
+    PYTHONPATH=. python3 benchmarks/eval_synthetic.py                              # on a GPU
+    PYTHONPATH=. python3 benchmarks/eval_synthetic.py --set train.tokens=5e7 model.engram.rows=8009
+    PYTHONPATH=. python3 benchmarks/eval_synthetic.py --ckpt runs/eval_synthetic/<run_id>/model --overwrite
+    BENCH_SMOKE=1 PYTHONPATH=. python3 benchmarks/eval_synthetic.py                # the script's path on a CPU, toy
+                                                                                   # sizes, nothing written to results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import smoke, table
+
+REPO = Path(__file__).resolve().parents[1]
+GPU_SET = ["sweep=eval_synthetic", "model.max_seq_len=512", "data.seq_len=512", "train.batch_size=32",
+           "train.tokens=2e7", "train.eval_every_tokens=5e6", "train.accelerator=auto"]
+# Toy sizes for a CPU check of the script: the tests' tiny trial, still with a 512-token context for the NIAH prompts
+# (training at 64 tokens keeps it to seconds; a 512-token vocabulary needs ~450 tokens for multi-query NIAH).
+SMOKE_SET = ["sweep=eval_synthetic_smoke", "model.d_model=64", "model.n_layers=2", "model.n_heads=2",
+             "model.ffn_hidden=128", "model.moe.n_routed=4", "model.moe.expert_hidden=32", "model.engram.heads=2",
+             "model.engram.mem_dim=32", "model.engram.rows=499", "model.max_seq_len=512", "data.vocab_size=512",
+             "data.tokenizer_docs=800", "data.seq_len=64", "train.batch_size=8", "train.tokens=20000",
+             "train.eval_every_tokens=0", "train.val_tokens=2048", "train.accelerator=cpu", "train.progress_bar=false"]
+WORLD = {"engram_world_knowledge_cloze": 0.25, "engram_world_knowledge": 0.25,
+         "engram_world_knowledge_cloze_top100": 0.25}
+NIAH = ("niah_single", "niah_multikey", "niah_multiquery")
+
+
+def train_or_load(args, workdir: Path, results: Path) -> tuple[str, dict | None]:
+    """(model folder, run record or None where ``--ckpt`` was given)."""
+    if args.ckpt:
+        return args.ckpt, None
+    from experiments.config import load_trial
+    from experiments.train import run_trial
+
+    trial = load_trial(args.config, (SMOKE_SET if smoke() else GPU_SET) + args.overrides)
+    record = run_trial(trial, results=results, workdir=workdir)
+    if record["status"] != "completed":
+        raise SystemExit(f"the trial ended {record['status']}: {record['reason']}")
+    return record["checkpoint"], record
+
+
+def rows_of(records: list[dict], chance: dict[str, float]) -> list[dict]:
+    """One row per task record: its headline metric beside chance, and how many standard errors above it."""
+    rows = []
+    for rec in records:
+        name = "acc" if "acc" in rec["metrics"] else "recall"
+        metric = rec["metrics"][name]
+        stderr = metric["stderr"]
+        rows.append({"task": rec["task"], "memory": rec["memory"], "metric": name, "value": metric["value"],
+                     "stderr": stderr, "chance": chance[rec["task"]], "n": rec["n_samples"],
+                     "z": (metric["value"] - chance[rec["task"]]) / stderr if stderr else None,
+                     **({"acc_norm": rec["metrics"]["acc_norm"]["value"]} if "acc_norm" in rec["metrics"] else {})})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default=str(REPO / "experiments" / "configs" / "smoke.yaml"), help="trial YAML")
+    ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides after the script's own (see the module docstring)")
+    ap.add_argument("--ckpt", default=None, help="an exported model folder to evaluate instead of training")
+    ap.add_argument("--samples", type=int, default=None, help="documents per task (default 500; smoke 4)")
+    ap.add_argument("--length", type=int, default=None, help="NIAH length in tokens (default: the model's context)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default 32; smoke 4")
+    ap.add_argument("--overwrite", action="store_true", help="replace eval records of an earlier run of this model")
+    ap.add_argument("--out", default=str(REPO / "results" / "eval" / "eval_synthetic.json"))
+    args = ap.parse_args()
+
+    import lm_eval
+
+    from eval.lm import model_folder
+    from eval.run import evaluate
+    from eval.tasks import TaskOptions
+    from experiments.checkpoint import load_trial_config
+    from experiments.records import write_atomic
+
+    started = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        # A smoke run keeps everything in a temporary folder; a real one keeps the model in runs/ (to evaluate again)
+        # and its records in results/.
+        workdir, results = (Path(tmp) / "runs", Path(tmp) / "results") if smoke() else (REPO / "runs",
+                                                                                          REPO / "results")
+        out = Path(tmp) / "eval_synthetic.json" if smoke() else Path(args.out)
+        ckpt, record = train_or_load(args, workdir, results)
+        device = "cpu" if smoke() else None
+        length = args.length or load_trial_config(model_folder(ckpt)).model.max_seq_len
+        chance = {**WORLD, **{f"engram_{task}_{length}": 0.0 for task in NIAH}}
+        options = TaskOptions(samples=args.samples or (4 if smoke() else 500))
+        batch_size = args.batch_size or (4 if smoke() else 32)
+        rows = []
+        for memory in ("on", "off"):
+            records, _ = evaluate(ckpt, list(chance), batch_size=batch_size, device=device, memory=memory,
+                                  results=results, options=options, overwrite=args.overwrite)
+            rows += rows_of(records, chance)
+        print(table(rows, ["task", "memory", "metric", "value", "stderr", "chance", "z", "n"]))
+        payload = {
+            "benchmark": "eval_synthetic",
+            "command": "PYTHONPATH=. python3 " + " ".join(shlex.quote(a) for a in sys.argv),
+            "smoke": smoke(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "wall_time_s": time.time() - started,
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() and not smoke() else "cpu",
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "lm_eval": lm_eval.__version__},
+            "checkpoint": str(ckpt), "niah_length": length, "samples": options.samples, "seed": options.seed,
+            "run": None if record is None else {
+                "run_id": record["run_id"], "sweep": record["sweep"], "config": record["config"],
+                "val_loss": record["metrics"]["val_loss"], "tokens": record["accounting"]["tokens"],
+                "P_tot": record["accounting"]["P_tot"], "P_act": record["accounting"]["P_act"],
+                "wall_time_s": record["wall_time_s"], "device": record["device"]},
+            "results": rows,
+        }
+        write_atomic(out, payload)
+        print(f"{'smoke run, written to a temporary folder: ' if smoke() else ''}{out}")
+
+
+if __name__ == "__main__":
+    main()
