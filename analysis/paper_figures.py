@@ -12,9 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from analysis import claims, data, fits as fitting, plotting, report, tables
+from analysis import claims, data, fits as fitting, plotting, probes, report, tables
 from analysis.outputs import analysis_dir, write_text_atomic
-from analysis.probes import load_probes
 
 STEPS = ("fits", "tables", "figures", "report")
 
@@ -39,7 +38,8 @@ def analyse(results: str | Path, sweeps: Iterable[str], steps: Iterable[str] = S
         written["tables"] = tables.write_tables(df, fits, out_dir)
     figures = {}
     if "figures" in steps or "report" in steps:
-        figures = plotting.draw_all(df, fits, load_probes(results, sweeps), out_dir / "figures")
+        figures = {**plotting.draw_all(df, fits, out_dir / "figures"),
+                   **probes.draw_all(probes.load_probes(results, sweeps), out_dir / "figures")}
         written["figures"] = [p for paths in figures.values() for p in paths]
     if "report" in steps:
         path = Path(report_path) if report_path else out_dir / "report.md"

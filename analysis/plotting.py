@@ -1,4 +1,4 @@
-"""The paper's figures, drawn only from the run table, the fits and probe records (seaborn on the Agg backend).
+"""The paper's figures, drawn only from the run table and the fits (seaborn on the Agg backend).
 
 One function per figure; each returns the files it wrote (a PNG and a PDF) or an empty list when the records hold
 nothing to draw. Sizes are for a two-column paper: 3.5 in per column, 7 in across, every font at least 7 pt.
@@ -8,13 +8,13 @@ nothing to draw. Sizes are for a two-column paper: 3.5 in per column, 7 in acros
     placement       Figure 5 (layer sweep): loss per single layer and per split, seed t-intervals
     ablation        Figure 5 (markers): loss change of each switch vs the reference, Welch intervals
     long_context    Table 2 as bars: niah* / ruler* / vt* / mq* eval metrics grouped by model
-    logit_lens, cka, gates   section 6 probes, when probe records exist
+
+The probe figures of section 6 (LogitLens, CKA, gates, memory-off) are drawn from probe records by analysis.probes.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from pathlib import Path
 
@@ -242,77 +242,7 @@ def long_context(df: pd.DataFrame, out_dir) -> list[Path]:
         return save(fig, out_dir, "long_context")
 
 
-def logit_lens(probes: list[dict], out_dir) -> list[Path]:
-    """KL(layer's LogitLens distribution || final output) per layer, one line per model."""
-    recs = [p for p in probes if p["kind"] == "logit_lens"]
-    if not recs:
-        return []
-    d = pd.concat([pd.DataFrame({"layer": p["data"]["layers"], "KL": p["data"]["kl"], "model": p["label"]})
-                   for p in recs], ignore_index=True)
-    with plt.rc_context(style()):
-        fig, ax = plt.subplots(figsize=(COLUMN_IN, HEIGHT_IN))
-        sns.lineplot(data=d, x="layer", y="KL", hue="model", marker="o", ax=ax, palette="colorblind")
-        ax.set_xlabel("layer")
-        ax.set_ylabel("KL to final output (nats)")
-        ax.legend(frameon=False)
-        sns.despine(fig)
-        fig.tight_layout()
-        return save(fig, out_dir, "logit_lens")
-
-
-def soft_alignment(matrix: np.ndarray, k: int = 5) -> np.ndarray:
-    """PAPER.md section 6: a_j = sum_{i in top-k of row j} S_ji * i / sum S_ji, for each row layer j."""
-    out = []
-    for row in np.asarray(matrix, float):
-        top = np.argsort(row)[-k:]
-        out.append(float((row[top] * top).sum() / row[top].sum()))
-    return np.array(out)
-
-
-def cka(probes: list[dict], out_dir) -> list[Path]:
-    """One CKA heatmap per probe record, with the soft alignment index a_j (top-5) drawn over it."""
-    paths = []
-    for i, p in enumerate(x for x in probes if x["kind"] == "cka"):
-        m = np.asarray(p["data"]["matrix"], float)
-        with plt.rc_context(style()):
-            fig, ax = plt.subplots(figsize=(COLUMN_IN, COLUMN_IN * 0.85))
-            sns.heatmap(m, ax=ax, cmap="viridis", vmin=0, vmax=1, square=True, cbar_kws={"label": "linear CKA"})
-            a = soft_alignment(m, min(5, m.shape[1]))
-            ax.plot(a + 0.5, np.arange(len(a)) + 0.5, color="w", marker="o", markersize=2, label="soft alignment")
-            ax.plot([0, min(m.shape)], [0, min(m.shape)], color="w", linestyle="--", linewidth=0.6)
-            ax.set_xlabel(f"layer of {p['data'].get('cols', 'model B')}")
-            ax.set_ylabel(f"layer of {p['data'].get('rows', 'model A')}")
-            ax.legend(frameon=False, loc="lower right", labelcolor="w")
-            fig.tight_layout()
-            paths += save(fig, out_dir, f"cka_{_slug(p['label'])}_{i}")
-    return paths
-
-
-def gates(probes: list[dict], out_dir) -> list[Path]:
-    """Gate activation alpha per token (columns) and channel (rows: Engram layer x branch), one figure per probe."""
-    paths = []
-    for i, p in enumerate(x for x in probes if x["kind"] == "gate"):
-        g = np.asarray(p["data"]["gates"], float)
-        tokens = [t.replace("\n", "\\n") for t in p["data"]["tokens"]]
-        channels = p["data"].get("channels") or [str(c) for c in range(len(g))]
-        with plt.rc_context(style()):
-            size = (min(PAGE_IN, max(COLUMN_IN, 0.3 * len(tokens) + 1)), 1.3 + 0.25 * len(g))
-            fig, ax = plt.subplots(figsize=size)
-            sns.heatmap(g, ax=ax, cmap="Reds", vmin=0, vmax=1, xticklabels=tokens, yticklabels=channels,
-                        cbar_kws={"label": r"gate $\alpha_t$"})
-            ax.tick_params(axis="x", rotation=60)
-            ax.tick_params(axis="y", rotation=0)
-            ax.set_title(p["label"])
-            fig.tight_layout()
-            paths += save(fig, out_dir, f"gates_{_slug(p['label'])}_{i}")
-    return paths
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower() or "probe"
-
-
-def draw_all(df: pd.DataFrame, fits: dict, probes: list[dict], out_dir) -> dict[str, list[Path]]:
+def draw_all(df: pd.DataFrame, fits: dict, out_dir) -> dict[str, list[Path]]:
     """Every figure the records support; a figure without data maps to an empty list."""
     return {
         "u_curve": u_curves(df, fits, out_dir),
@@ -320,7 +250,4 @@ def draw_all(df: pd.DataFrame, fits: dict, probes: list[dict], out_dir) -> dict[
         "placement": placement(df, fits, out_dir),
         "ablation": ablation(fits, out_dir),
         "long_context": long_context(df, out_dir),
-        "logit_lens": logit_lens(probes, out_dir),
-        "cka": cka(probes, out_dir),
-        "gates": gates(probes, out_dir),
     }

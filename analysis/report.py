@@ -21,8 +21,10 @@ FIGURE_CAPTIONS = {
     "ablation": "Loss change of each ablation against the reference (Figure 5, markers).",
     "long_context": "Long-context evaluations by model (Table 2).",
     "logit_lens": "LogitLens: KL divergence to the final output per layer (section 6).",
-    "cka": "Linear CKA between layers of two models, with the soft alignment index (section 6).",
+    "cka": "Linear CKA between layers of two models, with the best match and soft alignment index (section 6).",
     "gates": "Engram gate activations per token (Figure 7).",
+    "gate_ngrams": "N-grams with the highest mean Engram gate over the validation tokens.",
+    "memory_off": "Share of each score retained with the Engram output suppressed at inference (Figure 6).",
 }
 
 

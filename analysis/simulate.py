@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from experiments.records import eval_path, run_id, run_path, write_atomic
+from experiments.records import eval_path, probe_path, run_id, run_path, write_atomic
 
 CREATED = "2026-01-01T00:00:00+00:00"
 
@@ -223,34 +223,49 @@ def simulate_long_context(rng: np.random.Generator, runs: list[dict], scores: di
 
 def simulate_probes(rng: np.random.Generator, run: dict, n_layers: int = 12, tokens: Iterable[str] | None = None,
                     label: str = "engram", other: str = "moe") -> list[dict]:
-    """One probe record of each kind (LogitLens KL per layer, CKA matrix, gate values per token) for ``run``."""
+    """One probe record of each kind for ``run`` (labelled ``label``) and its twin ``other`` (a made-up run id):
+    LogitLens of both, CKA of the pair (``run``'s layer i matching the twin's 1.6 i), gates firing at the end of
+    multi-token phrases, and memory-off shares like the paper's (static knowledge keeps less than dynamic content)."""
     layers = list(range(n_layers))
     kl = [float(6.0 * np.exp(-0.35 * i) + abs(rng.normal(0, 0.05))) for i in layers]
     kl_other = [float(6.0 * np.exp(-0.25 * i) + abs(rng.normal(0, 0.05))) for i in layers]
     idx = np.arange(n_layers)
-    cka = np.exp(-((idx[:, None] * 1.6 - idx[None, :]) ** 2) / 8.0) + rng.normal(0, 0.02, (n_layers, n_layers))
+    shift = np.clip(1.6 * idx, 0, n_layers - 1)
+    cka = np.clip(np.exp(-((shift[:, None] - idx[None, :]) ** 2) / 8.0) + rng.normal(0, 0.02, (n_layers, n_layers)),
+                  0, 1)
     tokens = list(tokens or ["Alexander", " the", " Great", " led", " the", " Milky", " Way", " by", " the", " way"])
     gates = rng.uniform(0.0, 0.4, (2, len(tokens)))
     gates[:, [2, 6, 9]] = rng.uniform(0.8, 1.0, (2, 3))  # fire at the end of multi-token phrases
-    base = {"run_id": run["run_id"], "sweep": run["sweep"], "created": CREATED}
+    ngrams = [{"ngram": "".join(tokens[i - 2:i + 1]), "ids": [i - 2, i - 1, i], "order": 3, "count": 5,
+               "mean_gate": float(gates[:, i].mean()), "channel_means": gates[:, i].tolist()} for i in (2, 6, 9)]
+    retained = {"static": 0.45, "dynamic": 0.9, "biography": 0.35, "arithmetic": 0.95}
+    memory_rows = [{"name": name, "source": "validation", "group": "kind" if name in ("static", "dynamic") else
+                    "category", "kind": "static" if share < 0.5 else "dynamic", "metric": "next-token accuracy",
+                    "on": 0.6, "off": 0.6 * share, "retained": share, "n": 1000, "loss_on": 2.0, "loss_off": 2.5}
+                   for name, share in retained.items()]
+    twin = run_id({"twin of": run["run_id"]})
+    common = {"sweep": run["sweep"], "checkpoint": f"runs/{run['run_id']}/model", "settings": {"tokens": 1000},
+              "created": CREATED}
+    alone = {**common, "run_id": run["run_id"], "label": label, "against": None, "against_label": None,
+             "against_checkpoint": None}
     return [
-        {**base, "kind": "logit_lens", "label": label, "data": {"layers": layers, "kl": kl}},
-        {**base, "kind": "logit_lens", "label": other, "data": {"layers": layers, "kl": kl_other}},
-        {**base, "kind": "cka", "label": f"{label} vs {other}",
-         "data": {"rows": label, "cols": other, "matrix": np.clip(cka, 0, 1).round(4).tolist()}},
-        {**base, "kind": "gate", "label": label,
-         "data": {"tokens": tokens, "channels": ["layer 1", "layer 5"], "gates": gates.round(4).tolist()}},
+        {**alone, "kind": "logit_lens", "data": {"layers": layers, "kl": kl}},
+        {**alone, "run_id": twin, "label": other, "kind": "logit_lens", "data": {"layers": layers, "kl": kl_other}},
+        {**alone, "kind": "cka", "against": twin, "against_label": other, "against_checkpoint": f"runs/{twin}/model",
+         "data": {"rows": label, "cols": other, "matrix": cka.round(4).tolist(),
+                  "best_match": cka.argmax(1).tolist(), "soft_alignment": shift.tolist(), "k": 5}},
+        {**alone, "kind": "gate", "data": {"tokens": tokens, "channels": ["layer 1", "layer 5"],
+                                           "gates": gates.round(4).tolist(), "top_ngrams": ngrams}},
+        {**alone, "kind": "memory_off", "data": {"rows": memory_rows}},
     ]
 
 
 def write_sweep(results: str | Path, runs: Iterable[dict], evals: Iterable[dict] = (),
                 probes: Iterable[dict] = ()) -> list[Path]:
-    """Write records as real files in the layout of experiments/records.py (runs/, evals/<run_id>/, probes/)."""
+    """Write records as real files in the layout of experiments/records.py (runs/, evals/ and probes/ per run)."""
     paths = [write_atomic(run_path(results, r["sweep"], r["run_id"]), r) for r in runs]
     paths += [write_atomic(eval_path(results, e["sweep"], e["run_id"], e["task"], e["memory"]), e) for e in evals]
-    for i, p in enumerate(probes):
-        name = f"{p['kind']}_{i:03d}_{p['run_id']}.json"
-        paths.append(write_atomic(Path(results) / (p["sweep"] or "_runs") / "probes" / name, p))
+    paths += [write_atomic(probe_path(results, p["sweep"], p["run_id"], p["kind"], p["against"]), p) for p in probes]
     return paths
 
 

@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # Each module defines ``register(subparsers)``, adding parsers whose ``func(args) -> int`` runs the command.
-STAGES = ("experiments.cli", "sweeps.cli", "eval.cli", "analysis.cli")
+STAGES = ("experiments.cli", "sweeps.cli", "eval.cli", "eval.probe_cli", "analysis.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

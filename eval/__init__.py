@@ -6,4 +6,6 @@
                 hub is out of reach
     run.py      evaluate(): simple_evaluate + eval records
     cli.py      ``engram-lab eval``, ``engram-lab export-tokenizer``
+    probes.py   the mechanistic probes (LogitLens, CKA, gates, memory-off) on checkpoints -> probe records
+    probe_cli.py  ``engram-lab probe``
 """

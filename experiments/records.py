@@ -1,8 +1,9 @@
 """Run and eval records: the contract between stages (DESIGN.md, "The flow of data").
 
-One JSON object per trial (``results/<sweep>/runs/<run_id>.json``) and one per (checkpoint, task)
-(``results/<sweep>/evals/<run_id>/<task>.json``), each written once and atomically (temporary file, fsync, rename).
-Nothing downstream reads a stage's internals, only these records.
+One JSON object per trial (``results/<sweep>/runs/<run_id>.json``), one per (checkpoint, task)
+(``results/<sweep>/evals/<run_id>/<task>.json``) and one per (checkpoint, probe kind[, other checkpoint])
+(``results/<sweep>/probes/<run_id>/<kind>[__vs_<other run_id>].json``), each written atomically (temporary file,
+fsync, rename). Nothing downstream reads a stage's internals, only these records.
 
 Run record fields:
     run_id        hash of the resolved trial config (:func:`run_id`)
@@ -23,6 +24,23 @@ Run record fields:
 
 Eval record fields: run_id, sweep, task, task_version, num_fewshot, limit, lm_eval_version, memory ("on" | "off"),
 metrics {metric: {"value": v, "stderr": s}}, checkpoint, created.
+
+Probe record fields (the mechanistic probes of PAPER.md section 6, written by :mod:`eval.probes`):
+    kind          logit_lens | cka | gate | memory_off
+    run_id, sweep the probed checkpoint's run;  label: its name in legends ("engram (rho=0.8)", "moe (rho=1.0)")
+    against, against_label   the other checkpoint's run id and label (cka), else None
+    checkpoint, against_checkpoint   model folders;  settings: what the probe ran with (tokens, seq_len, ...)
+    created
+    data          logit_lens: {layers, names, kl: [KL(final output || layer read through the head)], n_tokens}
+                  cka:        {rows, cols (labels), row_names, col_names, matrix [[CKA(layer i of run_id, layer j
+                               of against)]], best_match [argmax_j per i], soft_alignment [a_i, top-k weighted], k,
+                               n_tokens}
+                  gate:       {tokens, token_ids, channels, gates [[alpha per token] per channel], top_ngrams
+                               [{ngram, ids, order, count, mean_gate, channel_means}], corpus_tokens}
+                  memory_off: {rows [{name, source (validation | lm-eval), group (kind | category | task), kind
+                               (static | dynamic | None), metric, on, off, retained (off / on, None when on = 0), n,
+                               loss_on, loss_off (validation rows)}]}
+    Layer i is the residual stream after i blocks (0: the embedding output).
 """
 
 from __future__ import annotations
@@ -39,6 +57,10 @@ RUN_FIELDS = ("run_id", "sweep", "experiment", "axes", "seed", "status", "reason
               "accounting", "metrics", "checkpoint", "wall_time_s", "device", "versions", "git_commit", "created")
 EVAL_FIELDS = ("run_id", "sweep", "task", "task_version", "num_fewshot", "limit", "lm_eval_version", "memory",
                "metrics", "checkpoint", "created")
+PROBE_FIELDS = ("kind", "run_id", "sweep", "label", "against", "against_label", "checkpoint", "against_checkpoint",
+                "settings", "data", "created")
+PROBE_DATA = {"logit_lens": ("layers", "kl"), "gate": ("tokens", "channels", "gates", "top_ngrams"),
+              "cka": ("rows", "cols", "matrix", "best_match", "soft_alignment", "k"), "memory_off": ("rows",)}
 
 
 class RecordError(ValueError):
@@ -121,6 +143,20 @@ def read_eval_record(path: str | Path) -> dict:
     return data
 
 
+def read_probe_record(path: str | Path) -> dict:
+    """A validated probe record: every field, a known kind, and the data its figures read."""
+    data = read_json(path)
+    missing = [k for k in PROBE_FIELDS if k not in data]
+    if missing:
+        raise RecordError(f"{path}: probe record lacks {', '.join(missing)}")
+    if data["kind"] not in PROBE_DATA:
+        raise RecordError(f"{path}: probe kind {data['kind']!r} is not one of {tuple(PROBE_DATA)}")
+    lacking = [k for k in PROBE_DATA[data["kind"]] if k not in (data["data"] or {})]
+    if lacking:
+        raise RecordError(f"{path}: {data['kind']} probe data lacks {', '.join(lacking)}")
+    return data
+
+
 def run_path(results: str | Path, sweep: str, rid: str) -> Path:
     return Path(results) / (sweep or "_runs") / "runs" / f"{rid}.json"
 
@@ -128,3 +164,8 @@ def run_path(results: str | Path, sweep: str, rid: str) -> Path:
 def eval_path(results: str | Path, sweep: str, rid: str, task: str, memory: str = "on") -> Path:
     suffix = "" if memory == "on" else "__memory_off"
     return Path(results) / (sweep or "_runs") / "evals" / rid / f"{task}{suffix}.json"
+
+
+def probe_path(results: str | Path, sweep: str, rid: str, kind: str, against: str | None = None) -> Path:
+    suffix = f"__vs_{against}" if against else ""
+    return Path(results) / (sweep or "_runs") / "probes" / rid / f"{kind}{suffix}.json"

@@ -15,7 +15,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from sweeps.spec import SweepSpec
+from sweeps.spec import SweepSpec, grid_points
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -45,7 +45,13 @@ def param_value(v: Any) -> Any:
 
 
 def grid_choices(spec: SweepSpec) -> dict[str, list]:
-    return {a.name: [param_value(k) for k in a.keys()] for a in spec.axes}
+    """Each axis's values, its grid keys and then those only the extra ``points`` use (a second seed)."""
+    choices: dict[str, list] = {a.name: [] for a in spec.axes}
+    for point in grid_points(spec):
+        for name, key in point.items():
+            if param_value(key) not in choices[name]:
+                choices[name].append(param_value(key))
+    return choices
 
 
 def grid_distributions(spec: SweepSpec) -> dict[str, CategoricalDistribution]:

@@ -5,7 +5,9 @@ import yaml
 
 from engram.config import ConfigError
 from sweeps.launch import run_sweep
-from sweeps.spec import expand, grid_points, load_spec
+from experiments.config import trial_id
+from sweeps.spec import SlurmSpec, expand, grid_points, load_spec, on_slurm
+from sweeps.study import grid_choices, grid_distributions, mirror_record, open_study
 
 from ..experiments.tiny import tiny
 
@@ -42,6 +44,12 @@ def test_grid_levels_and_extra_points(tmp_path):
     assert all(p.trial.model.d_model == 128 for p in wide)
     assert planned[-1].axes == {"rho": 0.5, "width": "narrow", "seed": 1} and planned[-1].trial.seed == 1
     assert all(p.trial.sweep == "t" and p.trial.axes == p.axes for p in planned)
+    # the Optuna study's search space holds the extra points' values too: their trials mirror into it
+    assert grid_choices(spec) == {"rho": [0.5, 0.8], "width": ["narrow", "wide"], "seed": [0, 1]}
+    study = open_study(spec, f"sqlite:///{tmp_path / 'optuna.db'}")
+    record = {"run_id": planned[-1].run_id, "status": "failed", "reason": "test", "metrics": {}, "created": "now"}
+    mirror_record(study, record, planned[-1].axes, grid_distributions(spec))
+    assert [t.params for t in study.get_trials()] == [planned[-1].axes]
 
 
 def test_an_infeasible_point_refuses_the_whole_spec(tmp_path, capsys):
@@ -65,3 +73,17 @@ def test_spec_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_spec(_spec(tmp_path, grd={}))
     assert err.value.field == "grd"
+
+
+def test_a_slurm_layout_is_the_trials_and_keeps_its_run_id(tmp_path):
+    spec = load_spec(_spec(tmp_path, launch={"slurm": {"nodes": 2, "gpus_per_node": 4, "tasks_per_node": 4}}))
+    (planned,) = expand(spec)
+    on = on_slurm(planned, spec.launch.slurm)
+    assert (on.trial.train.num_nodes, on.trial.train.devices) == (2, 4)
+    assert trial_id(on.trial) == on.run_id == planned.run_id
+    with pytest.raises(ConfigError) as err:  # 8 sequences a step cannot split over 16 GPUs
+        on_slurm(planned, SlurmSpec(nodes=2, gpus_per_node=8, tasks_per_node=8))
+    assert "train.batch_size" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_spec(_spec(tmp_path, launch={"slurm": {"gpus_per_node": 4}}))  # one task per GPU
+    assert err.value.field == "launch.slurm.tasks_per_node"
