@@ -18,6 +18,7 @@ J head row width, E = S*J memory width.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -31,7 +32,7 @@ from engram.layers import HyperConnection, RMSNorm
 
 
 def _offsets(sizes: list[int]) -> torch.Tensor:
-    return torch.tensor([0] + list(torch.tensor(sizes).cumsum(0)[:-1].tolist()), dtype=torch.long)
+    return torch.tensor([0, *itertools.accumulate(sizes)][:-1], dtype=torch.long)
 
 
 class HashedTables(nn.Module):

@@ -19,12 +19,16 @@ from experiments.config import TrialConfig
 from experiments.tokenizer import Tokenizer
 
 
-def save_model(folder: str | Path, model: EngramLM, trial: TrialConfig, tokenizer: Tokenizer) -> Path:
+def save_model(folder: str | Path, model: EngramLM, trial: TrialConfig, tokenizer: Tokenizer,
+               state_dict: dict | None = None) -> Path:
+    """``state_dict``: the model's, when ``model`` cannot give it whole itself (tables sharded over ranks:
+    :func:`engram.sharded.whole_state_dict`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     comp = getattr(model, "compression", None) or Compression.identity(model.config.vocab_size)
+    state_dict = model.state_dict() if state_dict is None else state_dict
     payload = {
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "compression_lookup": torch.tensor(comp.lookup, dtype=torch.long),
         "compression_size": comp.size,
     }

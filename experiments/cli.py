@@ -37,13 +37,16 @@ def train_command(args) -> int:
     import traceback
 
     from experiments.config import load_trial
-    from experiments.train import TrialFailed, run_trial
+    from experiments.train import TrialFailed, launch_rank, run_trial
 
+    trial = load_trial(args.config, args.overrides)
     try:
-        record = run_trial(load_trial(args.config, args.overrides), results=args.results, workdir=args.workdir)
+        record = run_trial(trial, results=args.results, workdir=args.workdir)
     except TrialFailed as err:
         traceback.print_exception(err.__cause__)
         record = err.record
+    if launch_rank(trial.train) > 0:  # a data-parallel peer: rank 0 reports the run
+        return 0 if record["status"] == "completed" else 1
     m = record["metrics"]
     print(f"run {record['run_id']}: {record['status']}" + (f" ({record['reason']})" if record["reason"] else ""))
     if record["status"] == "completed":

@@ -51,7 +51,8 @@ class TrainConfig:
     """How long and how to train.
 
     Attributes:
-        batch_size: sequences per optimizer step on each device.
+        batch_size: sequences per optimizer step, over all devices: each of the ``devices * num_nodes`` ranks takes
+            an equal slice of the step's batch, so the run trains on the same batches whatever its layout.
         tokens: training token budget (summed over devices); exactly one of ``tokens`` and ``compute``.
         compute: training FLOPs budget (3x forward FLOPs per token from the accounting); converted to tokens.
         eval_every_tokens: validation loss on the fixed validation set every this many training tokens (and at the
@@ -61,9 +62,14 @@ class TrainConfig:
         precision: ``auto`` (bf16-mixed on GPU, 32-true on CPU) or any Lightning precision string.
         compile: ``torch.compile`` the model.
         accelerator: ``auto``, ``cpu`` or ``gpu``.
-        devices: devices per node (data parallel when > 1).
-        num_nodes: nodes (data parallel across nodes through Lightning's SLURM environment).
-        strategy: ``auto``, ``ddp`` or ``fsdp``.
+        devices: devices per node, one process each (data parallel when ``devices * num_nodes > 1``).
+        num_nodes: nodes (data parallel across nodes: SLURM tasks, or torchrun).
+        strategy: ``auto`` (DDP when there is more than one device) or ``ddp``. FSDP is not offered: Lightning's
+            FSDP checkpoints cannot hold the composite optimizer or the row-sharded tables (a sharded table already
+            spreads the parameters that outgrow one device).
+        shard_tables: with more than one device, each holds 1/W of every Engram table's rows and a step fetches
+            the rows it reads by all-to-all (:mod:`engram.sharded`); off, every device holds whole tables and DDP
+            all-reduces their gradients.
         log_every_steps: training-loss logging interval.
         loggers: any of ``csv`` (always useful), ``tensorboard``, ``wandb``.
         deterministic: ask torch for deterministic algorithms (slower; for exact-resume tests).
@@ -81,7 +87,8 @@ class TrainConfig:
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int = 1
     num_nodes: int = 1
-    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    strategy: Literal["auto", "ddp"] = "auto"
+    shard_tables: bool = True
     log_every_steps: int = 10
     loggers: list[str] = field(default_factory=lambda: ["csv"])
     deterministic: bool = False
@@ -103,6 +110,23 @@ class TrainConfig:
         unknown = set(self.loggers) - {"csv", "tensorboard", "wandb"}
         if unknown:
             raise ConfigError("loggers", f"unknown logger(s) {sorted(unknown)}")
+        if self.strategy not in ("auto", "ddp"):
+            raise ConfigError("strategy", f"must be auto or ddp, got {self.strategy!r}")
+        if self.batch_size % self.world:
+            raise ConfigError("batch_size", f"{self.batch_size} sequences cannot be split evenly over "
+                                            f"{self.world} devices")
+
+    @property
+    def world(self) -> int:
+        """Data-parallel ranks: one process per device."""
+        return self.devices * self.num_nodes
+
+
+# Fields of TrainConfig that say how many processes train a trial and how they split the work, not what it trains.
+LAYOUT_FIELDS = ("devices", "num_nodes", "strategy", "shard_tables")
+# The run id hashes every trial as one process runs it: a trial resumes from its checkpoints, and is found done, on
+# any layout, and the ids of runs recorded before there were layouts still name the same trials.
+ONE_PROCESS = {"devices": 1, "num_nodes": 1, "strategy": "auto"}
 
 
 @dataclass
@@ -206,5 +230,9 @@ def resolve(trial: TrialConfig) -> TrialConfig:
 
 
 def trial_id(resolved: TrialConfig) -> str:
-    """The run id: a hash of what the trial does. Its sweep axes are labels, not part of it."""
-    return run_id({k: v for k, v in resolved.to_dict().items() if k != "axes"})
+    """The run id: a hash of what the trial does. Its sweep axes are labels and its device layout
+    (``LAYOUT_FIELDS``) is how it runs: neither is part of it (the layout is hashed as ``ONE_PROCESS``)."""
+    config = resolved.to_dict()
+    del config["axes"]
+    config["train"] = {**{k: v for k, v in config["train"].items() if k not in LAYOUT_FIELDS}, **ONE_PROCESS}
+    return run_id(config)

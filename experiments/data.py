@@ -1,7 +1,10 @@
 """Data: corpus -> tokenizer -> token arrays per split -> deterministic batches addressed by optimizer step.
 
 Each split is materialised once as a flat token array (documents joined by ``<eos>``) with a parallel array of
-category ids, cached by content hash under ``$ENGRAM_LAB_CACHE`` (default ``~/.cache/engram-lab``). Training
+category ids, cached by content hash under ``$ENGRAM_LAB_CACHE`` (default ``~/.cache/engram-lab``). The training
+split is cached once per data config, whatever the token budget: a trial that needs fewer tokens than a cached
+stream holds cuts exactly what it would have materialised from it (the trials of one sweep differ in budget by a
+few tokens and would otherwise each tokenise their own copy). Training
 batches are addressed by step: sequence k of the run is chunk ``perm_e[k mod C]`` of epoch ``e = k // C`` (C chunks
 of ``seq_len + 1`` tokens, a seeded permutation per epoch), so a resumed run reads exactly the batches an
 uninterrupted one would, on any number of devices. Validation is a fixed prefix of the validation split.
@@ -27,7 +30,7 @@ from experiments.synthetic import CATEGORIES, SyntheticConfig, SyntheticCorpus
 from experiments.text import is_validation, iter_file_documents, iter_hub_documents
 from experiments.tokenizer import Tokenizer, cache_dir, load_named, train_bpe
 
-TOKENS_VERSION = "tokens-1"  # part of the cache key: bump when tokenisation or packing changes
+TOKENS_VERSION = "tokens-2"  # part of the cache key: bump when tokenisation or packing changes
 
 
 @dataclass
@@ -83,12 +86,27 @@ class DataConfig:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
 
 
+DOCS_PER_BATCH = 256  # documents tokenised at a time; materialising stops after the batch that passes the budget
+
+
 @dataclass
 class TokenSplit:
     tokens: np.ndarray  # int32 [N]
     categories: np.ndarray  # uint8 [N], index into names
     names: list[str]
     documents: int
+    batch_ends: np.ndarray  # int64 [batches, 2]: tokens and documents after each batch of documents
+    complete: bool  # the whole split (the source ran out), not a prefix of it
+
+    def prefix(self, max_tokens: int) -> TokenSplit | None:
+        """What materialising this stream to ``max_tokens`` gives (0: the whole split), cut from this longer
+        materialisation; None when it does not reach that far."""
+        i = int(np.searchsorted(self.batch_ends[:, 0], max_tokens, side="right")) if max_tokens else len(self.batch_ends)
+        if i == len(self.batch_ends):
+            return self if self.complete else None
+        n_tokens, n_docs = (int(v) for v in self.batch_ends[i])
+        return TokenSplit(self.tokens[:n_tokens], self.categories[:n_tokens], self.names, n_docs,
+                          self.batch_ends[:i + 1], complete=False)
 
     def chunks(self, seq_len: int) -> int:
         return max(0, (len(self.tokens) - 1) // seq_len)
@@ -127,11 +145,13 @@ def _materialise(cfg: DataConfig, tok: Tokenizer, split: str, max_tokens: int) -
     """Tokenise documents (joined by <eos>) until ``max_tokens + 1`` tokens, or the whole split when 0."""
     names = list(CATEGORIES) if cfg.source == "synthetic" else ["text"]
     index = {n: i for i, n in enumerate(names)}
-    parts, cats, total, docs = [], [], 0, 0
+    parts, cats, ends, total, docs = [], [], [], 0, 0
     stream = _documents(cfg, split)
+    complete = False
     while max_tokens == 0 or total <= max_tokens:
-        batch = [d for _, d in zip(range(256), stream)]
+        batch = [d for _, d in zip(range(DOCS_PER_BATCH), stream)]
         if not batch:
+            complete = True
             break
         for ids, (_, category) in zip(tok.encode_batch([t for t, _ in batch]), batch):
             ids.append(tok.eos_id)
@@ -139,9 +159,11 @@ def _materialise(cfg: DataConfig, tok: Tokenizer, split: str, max_tokens: int) -
             cats.append(np.full(len(ids), index[category], dtype=np.uint8))
             total += len(ids)
             docs += 1
+        ends.append((total, docs))
     if not parts:
         raise ValueError(f"the {split} split of the data is empty (source={cfg.source})")
-    return TokenSplit(np.concatenate(parts), np.concatenate(cats), names, docs)
+    return TokenSplit(np.concatenate(parts), np.concatenate(cats), names, docs, np.asarray(ends, dtype=np.int64),
+                      complete)
 
 
 def _tokenizer(cfg: DataConfig) -> Tokenizer:
@@ -155,14 +177,35 @@ def _tokenizer(cfg: DataConfig) -> Tokenizer:
     return train_bpe(texts, cfg.vocab_size)
 
 
-def _key(cfg: DataConfig, tok: Tokenizer, train_tokens: int, val_tokens: int) -> str:
-    blob = json.dumps([TOKENS_VERSION, dataclasses.asdict(cfg), tok.fingerprint(), train_tokens, val_tokens],
-                      sort_keys=True, default=str)
+def _key(cfg: DataConfig, tok: Tokenizer, val_tokens: int) -> str:
+    blob = json.dumps([TOKENS_VERSION, dataclasses.asdict(cfg), tok.fingerprint(), val_tokens], sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+def _read_cached(path: Path) -> tuple[TokenSplit, TokenSplit] | None:
+    if not path.exists():
+        return None
+    with np.load(path) as z:
+        meta = json.loads(str(z["meta"]))
+        return (TokenSplit(z["train"], z["train_cats"], meta["names"], meta["train_documents"], z["train_ends"],
+                           meta["train_complete"]),
+                TokenSplit(z["val"], z["val_cats"], meta["names"], meta["validation_documents"], z["val_ends"],
+                           meta["validation_complete"]))
+
+
+def _write_cached(path: Path, train: TokenSplit, val: TokenSplit) -> None:
+    meta = {"names": train.names, "train_documents": train.documents, "validation_documents": val.documents,
+            "train_complete": train.complete, "validation_complete": val.complete}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+    np.savez(tmp, train=train.tokens, train_cats=train.categories, train_ends=train.batch_ends, val=val.tokens,
+             val_cats=val.categories, val_ends=val.batch_ends, meta=json.dumps(meta))
+    os.replace(tmp, path)  # concurrent trials may race: either stream serves both, a longer one serves more
+
+
 def load_corpus(cfg: DataConfig, train_tokens: int, val_tokens: int) -> Corpus:
-    """The tokenizer and both splits, from the cache when this exact request was materialised before.
+    """The tokenizer and both splits, cut from the cache when a long enough stream was materialised before.
 
     Synthetic data is generated to ``train_tokens`` (each sequence seen once); files are read whole (or to
     ``max_train_tokens``), so a small corpus is repeated in epochs.
@@ -170,21 +213,15 @@ def load_corpus(cfg: DataConfig, train_tokens: int, val_tokens: int) -> Corpus:
     tok = _tokenizer(cfg)
     if cfg.source != "synthetic":
         train_tokens = cfg.max_train_tokens
-    path = cache_dir() / "tokens" / f"{_key(cfg, tok, train_tokens, val_tokens)}.npz"
-    if path.exists():
-        with np.load(path) as z:
-            meta = json.loads(str(z["meta"]))
-            train = TokenSplit(z["train"], z["train_cats"], meta["names"], meta["train_documents"])
-            val = TokenSplit(z["val"], z["val_cats"], meta["names"], meta["validation_documents"])
-    else:
+    path = cache_dir() / "tokens" / f"{_key(cfg, tok, val_tokens)}.npz"
+    cached = _read_cached(path)
+    train = cached[0].prefix(train_tokens) if cached else None
+    if train is None:
         train = _materialise(cfg, tok, "train", train_tokens)
-        val = _materialise(cfg, tok, "validation", val_tokens)
-        meta = {"names": train.names, "train_documents": train.documents, "validation_documents": val.documents}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-        np.savez(tmp, train=train.tokens, train_cats=train.categories, val=val.tokens, val_cats=val.categories,
-                 meta=json.dumps(meta))
-        os.replace(tmp, path)
+        val = cached[1] if cached else _materialise(cfg, tok, "validation", val_tokens)
+        _write_cached(path, train, val)
+    else:
+        val = cached[1]
     if int(train.tokens.max()) >= cfg.vocab_size:
         raise ConfigError("data.vocab_size", f"token id {int(train.tokens.max())} exceeds the vocabulary")
     info = {
@@ -234,8 +271,13 @@ class TrainBatches(torch.utils.data.IterableDataset):
             step += 1
 
 
+PADDING = -1  # the category of a validation sequence that only keeps ranks in step; validation leaves it out
+
+
 class ValidationSet(torch.utils.data.Dataset):
-    """The fixed validation prefix as (inputs, targets, target categories) sequences; ranks take every world-th."""
+    """The fixed validation prefix as (inputs, targets, target categories) sequences; rank r of W takes sequences
+    r, r + W, ... Every rank yields as many sequences (data-parallel ranks run each forward pass together, and
+    sharded tables exchange rows in it): a rank short of one repeats sequence 0 with every category ``PADDING``."""
 
     def __init__(self, split: TokenSplit, seq_len: int, val_tokens: int, rank: int = 0, world: int = 1):
         n = min(val_tokens // seq_len, split.chunks(seq_len))
@@ -244,12 +286,15 @@ class ValidationSet(torch.utils.data.Dataset):
         self.tokens = torch.from_numpy(split.tokens[: n * seq_len + 1].astype(np.int64))
         self.cats = torch.from_numpy(split.categories[: n * seq_len + 1].astype(np.int64))
         self.seq_len = seq_len
-        self.indices = list(range(rank, n, world))
+        per_rank = -(-n // world)
+        self.indices = [i if i < n else None for i in range(rank, per_rank * world, world)]
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        start = self.indices[i] * self.seq_len
+        index = self.indices[i]
+        start = (index or 0) * self.seq_len
         seq = self.tokens[start:start + self.seq_len + 1]
-        return seq[:-1], seq[1:], self.cats[start + 1:start + self.seq_len + 1]
+        cats = self.cats[start + 1:start + self.seq_len + 1]
+        return seq[:-1], seq[1:], cats if index is not None else torch.full_like(cats, PADDING)

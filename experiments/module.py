@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from engram.compress import Compression
 from engram.model import EngramLM
 from engram.optim_tables import clip_grad_norm_
+from engram.sharded import gather_rows, shard_of, shard_tables_, sharded_tables, whole_optimizer_state_
 from experiments.config import TrialConfig
-from experiments.data import Corpus, TrainBatches, ValidationSet
+from experiments.data import PADDING, Corpus, TrainBatches, ValidationSet
 from experiments.optim import build_optimizers, set_learning_rates
 
 
@@ -29,6 +30,11 @@ class LanguageModelTask(L.LightningModule):
 
     Optimization is manual so that the router-bias update runs before every optimizer step, the learning rate is
     set from the step alone (nothing else to restore on resume), and a non-finite loss stops the run at once.
+
+    Data parallel (DDP over W ranks): each rank trains on 1/W of every step's batch. With ``train.shard_tables`` the
+    Engram tables are split across the ranks (:mod:`engram.sharded`): DDP leaves them alone, each rank's table
+    optimizer steps its own rows, and checkpoints hold whole tables and whole table moments, so a run resumes on
+    any number of ranks.
     """
 
     def __init__(self, trial: TrialConfig, compression: Compression, total_steps: int, categories: list[str]):
@@ -38,7 +44,7 @@ class LanguageModelTask(L.LightningModule):
         self.model = EngramLM(trial.model, compression)
         self.total_steps = total_steps
         self.categories = list(categories)
-        self.tokens_per_step = trial.train.batch_size * trial.data.seq_len  # per device
+        self.tokens_per_step = trial.train.batch_size * trial.data.seq_len  # over all ranks
         self.val_curve: list[list[float]] = []  # [tokens, val_loss]
         self.val_by_category: dict[str, float] = {}
         self.recent_losses: list[float] = []
@@ -46,14 +52,23 @@ class LanguageModelTask(L.LightningModule):
         self._step_start: float | None = None
 
     def configure_model(self) -> None:
+        # Lightning calls this on every rank once torch.distributed is up, before DDP wraps the module, a checkpoint
+        # is restored or the optimizers are built: the moment to split the tables (once: fit and validate both call it)
+        if (self.trial.train.shard_tables and self.trainer.world_size > 1 and self.model.hasher is not None
+                and self.model.table_shards is None):
+            shard_tables_(self.model)
+            self._ddp_params_and_buffers_to_ignore = [name for name, _ in sharded_tables(self)]
         # Engram's lookup runs eagerly ahead of the backbone (EngramLM.memory), so the loss compiles as one graph
         self._loss = torch.compile(self.model.loss) if self.trial.train.compile else self.model.loss
 
     def configure_optimizers(self):
-        return build_optimizers(self.model, self.trial.optim)
+        optimizers = build_optimizers(self.model, self.trial.optim)
+        for member in optimizers.optimizers:
+            whole_optimizer_state_(member, self.model)  # the tables' optimizer checkpoints whole moments
+        return optimizers
 
     def tokens_seen(self) -> int:
-        return self.global_step * self.tokens_per_step * self.trainer.world_size
+        return self.global_step * self.tokens_per_step
 
     # -- training -------------------------------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx) -> None:
@@ -65,18 +80,28 @@ class LanguageModelTask(L.LightningModule):
         step = self.global_step
         lr_factor = set_learning_rates(opt.optimizer, step, self.total_steps, self.trial.optim)
         out = self._loss(x, y, memory=self.model.memory(x))
-        loss_value = out.lm_loss.detach()
-        if not torch.isfinite(out.loss):
-            raise Diverged(step, float(out.loss))
+        losses = torch.stack([out.loss.detach(), out.lm_loss.detach()])
+        if self.trainer.world_size > 1:
+            # the global batch's losses (the mean over ranks, each a mean over as many tokens): every rank logs the
+            # run's loss and sees a non-finite one at the same step, so all stop together, none left waiting
+            torch.distributed.all_reduce(losses)
+            losses /= self.trainer.world_size
+        loss, loss_value = losses
+        if not torch.isfinite(loss):
+            raise Diverged(step, float(loss))
         self.manual_backward(out.loss)
         if self.trial.optim.grad_clip > 0:  # clips row-sparse table gradients too, which torch's clipping cannot
-            clip_grad_norm_(self.model.parameters(), self.trial.optim.grad_clip)
+            sharded = self.model.table_shards
+            shards = [t.weight for t in self.model.memory_tables()] if sharded is not None else []
+            replicated = [p for p in self.model.parameters() if all(p is not s for s in shards)]
+            clip_grad_norm_(replicated, self.trial.optim.grad_clip, sharded=shards,
+                            group=sharded.sg.group if sharded is not None else None)
         self.model.update_router_biases()
         opt.step()
         opt.zero_grad(set_to_none=True)
         self.recent_losses = (self.recent_losses + [float(loss_value)])[-20:]
         if step % self.trial.train.log_every_steps == 0 or step == self.total_steps - 1:
-            tok_s = self.tokens_per_step * self.trainer.world_size * (step + 1) / max(self.train_seconds, 1e-9)
+            tok_s = self.tokens_per_step * (step + 1) / max(self.train_seconds, 1e-9)
             self.log_dict({"train_loss": loss_value, "lr_factor": lr_factor, "tokens": float(self.tokens_seen()),
                            "tok_s": tok_s}, prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
         return out.loss
@@ -97,8 +122,9 @@ class LanguageModelTask(L.LightningModule):
         x, y, cats = batch
         logits = self.model(x)
         nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").double()
-        self._sum.index_add_(0, cats.flatten(), nll)
-        self._count.index_add_(0, cats.flatten(), torch.ones_like(nll))
+        keep = cats.flatten() != PADDING
+        self._sum.index_add_(0, cats.flatten()[keep], nll[keep])
+        self._count.index_add_(0, cats.flatten()[keep], torch.ones_like(nll[keep]))
 
     def on_validation_epoch_end(self) -> None:
         total = self.trainer.strategy.reduce(self._sum, reduce_op="sum")
@@ -112,10 +138,15 @@ class LanguageModelTask(L.LightningModule):
 
     # -- resumable state ------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # every rank builds the checkpoint and rank 0 writes it: the whole tables come together on rank 0
+        for name, tables in sharded_tables(self):
+            checkpoint["state_dict"][name] = gather_rows(tables.weight, tables.total_rows, self.model.table_shards.sg)
         checkpoint["engram_lab"] = {"val_curve": self.val_curve, "train_seconds": self.train_seconds,
                                     "recent_losses": self.recent_losses, "rng": torch.get_rng_state()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        for name, tables in sharded_tables(self):  # whole in the checkpoint, whatever layout wrote it
+            checkpoint["state_dict"][name] = shard_of(checkpoint["state_dict"][name], *tables.shard)
         state = checkpoint.get("engram_lab", {})
         self.val_curve = [list(p) for p in state.get("val_curve", [])]
         self.train_seconds = float(state.get("train_seconds", 0.0))
@@ -133,8 +164,9 @@ class CorpusDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         t = self.trainer
-        data = TrainBatches(self.corpus.train, self.trial.data.seq_len, self.trial.train.batch_size, self.trial.seed,
-                            start_step=t.global_step, rank=t.global_rank, world=t.world_size)
+        # rank r reads slice r of each step's batch: together the ranks read what one process would
+        data = TrainBatches(self.corpus.train, self.trial.data.seq_len, self.trial.train.batch_size // t.world_size,
+                            self.trial.seed, start_step=t.global_step, rank=t.global_rank, world=t.world_size)
         return torch.utils.data.DataLoader(data, batch_size=None, num_workers=0)
 
     def val_dataloader(self):

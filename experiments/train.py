@@ -3,6 +3,9 @@ export the model and write the run record — completed, failed or diverged — 
 
 Layout: the record goes to ``<results>/<sweep>/runs/<run_id>.json`` (small, kept in git); checkpoints, logs and
 the exported model to ``<workdir>/<sweep>/<run_id>/`` (large, not in git).
+
+Data parallel, one process per device (Lightning's launcher, torchrun or SLURM tasks), every rank runs
+:func:`run_trial`: rank 0 holds the trial's lock and alone writes the record and the exported model.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 
 from engram.budget import count
 from engram.device import device_name, mfu
-from experiments.config import TrialConfig, resolve, trial_id
+from experiments.config import TrainConfig, TrialConfig, resolve, trial_id
 from experiments.records import read_json, run_path, write_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,21 +87,89 @@ def trial_lock(run_dir: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def launch_rank() -> int:
-    """This process's global rank as its launcher set it (Lightning's subprocess launcher or SLURM tasks)."""
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
+def launch_rank(train: TrainConfig) -> int:
+    """This process's global rank in a trial laid out as ``train`` says, as its launcher set it before
+    torch.distributed exists (:func:`cluster_environment`)."""
+    from lightning.pytorch.plugins.environments import LightningEnvironment
+
+    env = cluster_environment(train.world)
+    if isinstance(env, LightningEnvironment):  # rank 0 of a node starts the node's other ranks with LOCAL_RANK
+        return env.node_rank() * train.devices + env.local_rank()
+    return env.global_rank()
+
+
+def cluster_environment(world: int):
+    """Who started this trial's processes, as Lightning must see it: SLURM, one task per device (submitit owns
+    requeueing, so Lightning's is off); torchrun; or Lightning itself, which starts a node's other ranks from rank 0
+    (also inside a SLURM allocation whose tasks do not match the trial's devices)."""
+    from lightning.pytorch.plugins.environments import (LightningEnvironment, SLURMEnvironment,
+                                                        TorchElasticEnvironment)
+
+    if SLURMEnvironment.detect() and os.environ["SLURM_NTASKS"] == str(world):
+        return SLURMEnvironment(auto_requeue=False)
+    if TorchElasticEnvironment.detect():
+        return TorchElasticEnvironment()
+    return LightningEnvironment()
+
+
+def on_gpu(train: TrainConfig) -> bool:
+    return torch.cuda.is_available() and train.accelerator != "cpu"
+
+
+@contextlib.contextmanager
+def claim_trial(run_dir: Path, env, train: TrainConfig):
+    """The trial for this process's ranks: rank 0 holds its lock while it runs, and every rank raises
+    :class:`TrialBusy` when rank 0 cannot take it.
+
+    Ranks that a cluster launcher started together with rank 0 (SLURM tasks, torchrun) learn whether it got the lock
+    over torch.distributed, set up here as Lightning would and then trained with by it: none of them trains alone,
+    or waits for a rank 0 that never comes. The ranks Lightning's own launcher starts exist only once rank 0 holds
+    the lock, and need no word from it."""
+    from lightning.pytorch.plugins.environments import LightningEnvironment
+
+    together = train.world > 1 and not isinstance(env, LightningEnvironment)
+    if launch_rank(train) > 0:
+        if together and not _rank_zero_holds(None, env, train):
+            raise TrialBusy(f"{run_dir} is being trained by another process (rank 0 found it locked)")
+        yield
+        return
+    with contextlib.ExitStack() as lock:
+        try:
+            lock.enter_context(trial_lock(run_dir))
+        except TrialBusy:
+            if together:
+                _rank_zero_holds(False, env, train)
+            raise
+        if together:
+            _rank_zero_holds(True, env, train)
+        yield
+
+
+def _rank_zero_holds(held: bool | None, env, train: TrainConfig) -> bool:
+    """Rank 0's ``held`` on every rank, through the process group Lightning will train with (its backend, address
+    and timeout)."""
+    from torch.distributed.constants import default_pg_timeout
+
+    device = torch.device("cuda", env.local_rank()) if on_gpu(train) else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                         init_method=f"tcp://{env.main_address}:{env.main_port}",
+                                         rank=env.global_rank(), world_size=env.world_size(),
+                                         timeout=default_pg_timeout)
+    flag = torch.tensor([1 if held else 0], device=device)
+    torch.distributed.broadcast(flag, src=0)
+    return flag.item() == 1
 
 
 def trial_dir(workdir: str | Path, sweep: str, rid: str) -> Path:
     return Path(workdir) / (sweep or "_runs") / rid
 
 
-def plan_steps(trial: TrialConfig, world: int) -> tuple[int, int]:
-    """(optimizer steps, training tokens) for the trial's token or FLOPs budget on ``world`` devices."""
-    per_step = trial.train.batch_size * trial.data.seq_len * world
+def plan_steps(trial: TrialConfig) -> tuple[int, int]:
+    """(optimizer steps, training tokens) for the trial's token or FLOPs budget; a step trains on ``batch_size``
+    sequences however many devices share them."""
+    per_step = trial.train.batch_size * trial.data.seq_len
     tokens = trial.train.tokens
     if tokens is None:
         tokens = trial.train.compute / count(trial.model, seq_len=trial.data.seq_len).train_flops_per_token
@@ -122,11 +193,12 @@ def run_trial(trial: TrialConfig, results: str | Path = "results", workdir: str 
     """
     resolved = resolve(trial)
     rid = trial_id(resolved)
-    if launch_rank() > 0:  # a data-parallel peer started by the launcher: rank 0 holds the lock and the record
-        return _run_locked(resolved, rid, Path(results), Path(workdir), callbacks or [])
-    with trial_lock(trial_dir(workdir, resolved.sweep, rid)):
+    env = cluster_environment(resolved.train.world)
+    with claim_trial(trial_dir(workdir, resolved.sweep, rid), env, resolved.train):
+        if launch_rank(resolved.train) > 0:  # a data-parallel peer: rank 0 writes the record and reports it
+            return _run_locked(resolved, rid, Path(results), Path(workdir), callbacks or [], env)
         try:
-            record = _run_locked(resolved, rid, Path(results), Path(workdir), callbacks or [])
+            record = _run_locked(resolved, rid, Path(results), Path(workdir), callbacks or [], env)
         except TrialFailed as err:
             if on_record is not None:
                 on_record(err.record)
@@ -136,11 +208,13 @@ def run_trial(trial: TrialConfig, results: str | Path = "results", workdir: str 
         return record
 
 
-def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, callbacks: list) -> dict:
+def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, callbacks: list, env) -> dict:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.strategies import DDPStrategy
 
+    from engram.sharded import whole_state_dict
     from experiments.checkpoint import save_model
     from experiments.data import load_corpus
     from experiments.module import CorpusDataModule, Diverged, LanguageModelTask
@@ -152,8 +226,8 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
             return previous
     run_dir = trial_dir(workdir, resolved.sweep, rid)
     t = resolved.train
-    world = t.devices * t.num_nodes
-    steps, tokens = plan_steps(resolved, world)
+    leader = launch_rank(t) == 0  # the one rank that writes the record and the exported model
+    steps, tokens = plan_steps(resolved)
     counts = count(resolved.model, seq_len=resolved.data.seq_len)
     started = time.time()
     base = {
@@ -164,23 +238,21 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
         "versions": versions(), "git_commit": git_commit(), "checkpoint": None,
     }
 
-    def finish(status: str, metrics: dict, reason: str | None = None, diverged_step: int | None = None,
-               trainer=None) -> dict:
+    def finish(status: str, metrics: dict, reason: str | None = None, diverged_step: int | None = None) -> dict:
         record = {**base, "status": status, "reason": reason, "diverged_step": diverged_step, "metrics": metrics,
                   "wall_time_s": time.time() - started, "device": device_name(),
                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        if trainer is None or trainer.is_global_zero:
+        if leader:
             write_atomic(record_file, record)
         return record
 
     L.seed_everything(resolved.seed, workers=True, verbose=False)
-    trainer = None
     try:
         corpus = load_corpus(resolved.data, tokens + 1, t.val_tokens)
         compression = corpus.tokenizer.compression(resolved.model.vocab_size)
         task = LanguageModelTask(resolved, compression, steps, corpus.train.names)
         ckpt_dir = run_dir / "checkpoints"
-        eval_every = max(1, t.eval_every_tokens // (t.batch_size * resolved.data.seq_len * world)) \
+        eval_every = max(1, t.eval_every_tokens // (t.batch_size * resolved.data.seq_len)) \
             if t.eval_every_tokens else steps
         loggers = [CSVLogger(run_dir, name="logs", version="")]
         if "tensorboard" in t.loggers:
@@ -193,18 +265,13 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
             loggers.append(WandbLogger(project="engram-lab", name=rid, save_dir=str(run_dir)))
         precision = t.precision
         if precision == "auto":
-            precision = "bf16-mixed" if (torch.cuda.is_available() and t.accelerator != "cpu") else "32-true"
-        strategy = t.strategy
-        if strategy == "ddp" and t.accelerator == "cpu":
-            strategy = L.pytorch.strategies.DDPStrategy(process_group_backend="gloo")
-        plugins = []
-        if "SLURM_JOB_ID" in os.environ:
-            from lightning.pytorch.plugins.environments import SLURMEnvironment
-
-            plugins.append(SLURMEnvironment(auto_requeue=False))  # submitit owns requeueing
+            precision = "bf16-mixed" if on_gpu(t) else "32-true"
+        strategy = "auto"
+        if t.world > 1 or t.strategy == "ddp":
+            strategy = DDPStrategy(process_group_backend=None if on_gpu(t) else "gloo")
         trainer = L.Trainer(
             default_root_dir=run_dir, max_steps=steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices,
-            num_nodes=t.num_nodes, strategy=strategy, precision=precision, logger=loggers, plugins=plugins,
+            num_nodes=t.num_nodes, strategy=strategy, precision=precision, logger=loggers, plugins=[env],
             callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=t.checkpoint_every_steps,
                                        save_top_k=0, save_last=True), *callbacks],
             val_check_interval=eval_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
@@ -217,18 +284,19 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*that ended before the epoch ended.*")
+            warnings.filterwarnings("ignore", message=".*sync_dist=True.*")  # val_loss is reduced over ranks already
             trainer.fit(task, datamodule=data, ckpt_path=str(last) if last.exists() else None, weights_only=True)
             if not task.val_curve or task.val_curve[-1][0] != task.tokens_seen():
                 trainer.validate(task, datamodule=data, verbose=False)
     except Diverged as err:
-        return finish("diverged", {"diverged_loss": err.loss}, reason=str(err), diverged_step=err.step,
-                      trainer=trainer)
+        return finish("diverged", {"diverged_loss": err.loss}, reason=str(err), diverged_step=err.step)
     except Exception as err:  # any other failure is recorded, then surfaces to the caller
-        raise TrialFailed(finish("failed", {}, reason=f"{type(err).__name__}: {err}", trainer=trainer)) from err
+        raise TrialFailed(finish("failed", {}, reason=f"{type(err).__name__}: {err}")) from err
     model_dir = run_dir / "model"
-    if trainer.is_global_zero:
-        save_model(model_dir, task.model, resolved, corpus.tokenizer)
-    tok_s = task.tokens_per_step * world * steps / max(task.train_seconds, 1e-9)
+    state = whole_state_dict(task.model)  # every rank sends its rows of sharded tables to rank 0
+    if leader:
+        save_model(model_dir, task.model, resolved, corpus.tokenizer, state)
+    tok_s = task.tokens_per_step * steps / max(task.train_seconds, 1e-9)
     metrics = {
         "val_loss": task.val_curve[-1][1],
         "val_loss_by_category": task.val_by_category,
@@ -236,8 +304,8 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
         "train_loss": sum(task.recent_losses) / max(1, len(task.recent_losses)),
         "unigram_entropy": corpus.validation.unigram_entropy(),
         "tokens_per_second": tok_s,
-        "mfu": mfu(tok_s, counts.train_flops_per_token, device_name()),
+        "mfu": mfu(tok_s / t.world, counts.train_flops_per_token, device_name()),  # of each device's peak
         "data": corpus.info,
     }
     base["checkpoint"] = str(model_dir)
-    return finish("completed", metrics, trainer=trainer)
+    return finish("completed", metrics)

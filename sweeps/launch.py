@@ -34,7 +34,7 @@ from experiments.config import TrialConfig
 from experiments.records import read_json, run_path, write_atomic
 from experiments.train import TrialBusy, TrialFailed, run_trial, trial_dir, trial_lock
 from sweeps.plan import format_plan, plan_rows
-from sweeps.spec import PlannedTrial, SweepSpec, expand, load_spec, spec_text
+from sweeps.spec import PlannedTrial, SweepSpec, expand, load_spec, on_slurm, spec_text
 
 SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
                 "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT"}
@@ -252,6 +252,8 @@ def make_executor(spec: SweepSpec, paths: SweepPaths, cluster: str) -> submitit.
         params.update({f"slurm_{k}": v for k, v in (("partition", s.partition), ("account", s.account),
                                                     ("qos", s.qos), ("constraint", s.constraint)) if v})
         params["slurm_array_parallelism"] = s.array_parallelism
+        if s.nodes * s.tasks_per_node > 1:  # a rank that dies takes the others down, not left waiting on it
+            params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
         if s.additional:
             params["slurm_additional_parameters"] = dict(s.additional)
         if s.setup:
@@ -335,11 +337,13 @@ def run_sweep(spec_path: str | Path, results: str | Path = "results", workdir: s
         from sweeps.optuna_study import run_study
 
         return run_study(spec, Path(results), Path(workdir), executor, dry_run, wait, poll_s, timeout_s, echo)
+    kind = executor or spec.launch.executor
     planned = expand(spec)
+    if kind == "slurm":
+        planned = [on_slurm(p, spec.launch.slurm) for p in planned]
     echo(format_plan(spec, plan_rows(spec, planned)))
     if dry_run:
         return SweepOutcome(planned, {p.run_id: {"state": "planned"} for p in planned})
-    kind = executor or spec.launch.executor
     paths = SweepPaths(Path(results), Path(workdir), spec.name)
     storage = spec.launch.storage or default_storage_url(workdir, spec.name)
     prepare(spec, paths, planned)
@@ -371,6 +375,7 @@ def run_sweep(spec_path: str | Path, results: str | Path = "results", workdir: s
     if not wait:
         return SweepOutcome(planned, trial_states([p.run_id for p in planned], paths))
     states = _wait(spec, paths, planned, storage, todo, submitted, poll_s, timeout_s, echo)
+    submitted.clear()  # submitit's job handles look at their files when deleted: now, not at interpreter shutdown
     outcome = SweepOutcome(planned, states)
     echo(f"sweep {spec.name}: " + ", ".join(f"{outcome.count(s)} {s}" for s in FINAL))
     if analyse and outcome.count("completed"):

@@ -18,6 +18,7 @@ import optuna
 import submitit
 from optuna.trial import TrialState
 
+from engram.config import ConfigError
 from experiments.records import write_atomic
 from experiments.train import TrialBusy, TrialFailed, run_trial
 from sweeps.launch import SweepOutcome, SweepPaths, append_ledger, driver_lock, lock_held, make_executor, now
@@ -139,6 +140,9 @@ def run_study(spec: SweepSpec, results: Path, workdir: Path, executor: str | Non
     if dry_run:
         return SweepOutcome(corners, {p.run_id: {"state": "planned"} for p in corners})
     kind = executor or spec.launch.executor
+    if kind == "slurm" and spec.launch.slurm.nodes * spec.launch.slurm.tasks_per_node > 1:
+        raise ConfigError("launch.slurm.tasks_per_node", "a study worker asks for its trials one at a time in one "
+                                                         "process: multi-process trials need a grid sweep")
     paths = SweepPaths(results, workdir, spec.name)
     storage = spec.launch.storage or default_storage_url(workdir, spec.name)
     (results / spec.name).mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ def plan_rows(spec: SweepSpec, planned: list[PlannedTrial]) -> list[dict]:
     for p in planned:
         t = p.trial
         c = count(t.model, seq_len=t.data.seq_len)
-        _, tokens = plan_steps(t, t.train.devices * t.train.num_nodes)
+        _, tokens = plan_steps(t)
         flops = tokens * c.train_flops_per_token
         rows.append({
             "run_id": p.run_id, "point": p.label(), "rho": c.rho, "experts": c.experts,

@@ -41,7 +41,11 @@ from experiments.config import (TrialConfig, load_yaml, parse_override, resolve,
 @dataclass
 class SlurmSpec:
     """SLURM resources of one trial (submitit's parameters). ``additional`` holds extra ``#SBATCH`` options
-    (``{"gres": "gpu:1", "exclusive": true}``); ``setup`` holds shell lines run before the trial."""
+    (``{"gres": "gpu:1", "exclusive": true}``); ``setup`` holds shell lines run before the trial.
+
+    A trial runs as ``nodes x tasks_per_node`` processes, one per device (on GPU nodes, one per GPU:
+    ``tasks_per_node == gpus_per_node``); submitted to SLURM it trains data parallel with ``train.num_nodes = nodes``
+    and ``train.devices = tasks_per_node`` (:func:`on_slurm`), whatever its own config says."""
 
     partition: str | None = None
     account: str | None = None
@@ -65,6 +69,9 @@ class SlurmSpec:
         for name in ("nodes", "tasks_per_node", "cpus_per_task", "array_parallelism", "max_array_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.gpus_per_node and self.tasks_per_node != self.gpus_per_node:
+            raise ConfigError("tasks_per_node", f"one task per GPU: must equal gpus_per_node={self.gpus_per_node}, "
+                                                f"got {self.tasks_per_node}")
 
 
 @dataclass
@@ -234,6 +241,16 @@ def make_trial(spec: SweepSpec, axes: dict, overrides: list[tuple[list[str], Any
     except ConfigError as err:
         raise ConfigError(f"point {label}: {err.field}", err.reason) from None
     return PlannedTrial(axes=axes, trial=trial, run_id=trial_id(trial))
+
+
+def on_slurm(p: PlannedTrial, slurm: SlurmSpec) -> PlannedTrial:
+    """``p`` as a SLURM job of ``slurm`` runs it: one process per task (the run id stays: a layout is not part of it).
+    A batch that does not split over the tasks is refused with the point named."""
+    try:
+        train = dataclasses.replace(p.trial.train, num_nodes=slurm.nodes, devices=slurm.tasks_per_node)
+    except ConfigError as err:
+        raise ConfigError(f"point {p.label()}: train.{err.field}", err.reason) from None
+    return dataclasses.replace(p, trial=dataclasses.replace(p.trial, train=train))
 
 
 def grid_points(spec: SweepSpec) -> list[dict]:

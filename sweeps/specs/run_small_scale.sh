@@ -38,7 +38,7 @@ a, b = memory_and_twin('$RESULTS', 'allocation')
 print(a['checkpoint'], b['checkpoint'])") || { echo "no completed Engram/MoE pair in the allocation sweep"; exit 1; }
   for ckpt in "$ENGRAM_CKPT" "$TWIN_CKPT"; do
     $ENGRAM_LAB eval "$ckpt" --results "$RESULTS" \
-      --tasks engram_world_knowledge,engram_world_knowledge_cloze,engram_niah_single_512,engram_niah_multiquery_512,engram_vt_512 \
+      --tasks engram_world_knowledge,engram_world_knowledge_cloze,engram_niah_single_512,engram_niah_multiquery_512 \
       --limit 200
     $ENGRAM_LAB eval "$ckpt" --results "$RESULTS" --tasks engram_world_knowledge_cloze,engram_niah_single_512 \
       --memory off --limit 200

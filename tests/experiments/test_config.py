@@ -37,6 +37,15 @@ def test_run_id_follows_the_resolved_config():
     a = resolve(trial_from_dict(tiny()))
     assert trial_id(a) == trial_id(resolve(trial_from_dict(tiny())))
     assert trial_id(a) != trial_id(resolve(trial_from_dict(tiny(seed=1))))
+    # the device layout is how a trial runs, not what it trains: the same run id on any number of devices
+    layout = {"devices": 2, "num_nodes": 2, "strategy": "ddp", "shard_tables": False}
+    assert trial_id(a) == trial_id(resolve(trial_from_dict(tiny(train=layout))))
+
+
+def test_the_batch_splits_evenly_over_devices():
+    with pytest.raises(ConfigError) as err:
+        trial_from_dict(tiny(train={"batch_size": 6, "devices": 4}))
+    assert err.value.field == "train.batch_size"
 
 
 def test_budget_places_the_model_and_infeasible_budgets_name_the_field():

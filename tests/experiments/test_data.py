@@ -4,9 +4,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from engram.config import ConfigError
-from experiments.data import DataConfig, TrainBatches, ValidationSet, load_corpus
+from experiments.data import PADDING, DataConfig, TrainBatches, ValidationSet, _materialise, load_corpus
 from experiments.text import is_validation, iter_file_documents, iter_hub_documents
 from experiments.tokenizer import train_bpe
 
@@ -86,6 +87,11 @@ def test_batches_are_addressed_by_step_and_rank(tmp_path):
     assert len(val) == 2048 // 32
     _, _, cats = val[0]
     assert cats.max() < len(corpus.validation.names)
+    # three sequences over two ranks: rank 1 pads its second with a sequence validation leaves out
+    halves = [ValidationSet(corpus.validation, 32, 3 * 32, rank=r, world=2) for r in range(2)]
+    assert [len(h) for h in halves] == [2, 2]
+    assert torch.equal(halves[1][0][0], val[1][0]) and torch.equal(halves[0][1][0], val[2][0])
+    assert (halves[1][1][2] == PADDING).all() and (halves[0][1][2] != PADDING).all()
     assert 0 < corpus.validation.unigram_entropy() < np.log(512)
 
 
@@ -111,3 +117,18 @@ def test_the_real_text_corpus_reads_as_documents():
     docs = iter_file_documents(SHARED / "data" / "text" / "gcide.jsonl.gz")
     first = [next(docs) for _ in range(50)]
     assert all(isinstance(d, str) and d for d in first)
+
+
+def test_a_shorter_budget_is_cut_from_a_cached_longer_stream_exactly(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENGRAM_LAB_CACHE", str(tmp_path / "cache"))
+    cfg = DataConfig(vocab_size=512, tokenizer_docs=300, seq_len=32)
+    long = load_corpus(cfg, 150_000, 1024)  # a few batches of 256 documents
+    short = load_corpus(cfg, 50_000, 1024)  # served by the cached longer stream
+    assert len(list((tmp_path / "cache" / "tokens").iterdir())) == 1
+    fresh = _materialise(cfg, short.tokenizer, "train", 50_000)
+    assert np.array_equal(short.train.tokens, fresh.tokens) and short.train.documents == fresh.documents
+    assert np.array_equal(short.train.categories, fresh.categories)
+    assert len(short.train.tokens) < len(long.train.tokens)
+    longer = load_corpus(cfg, 250_000, 1024)  # the cache is too short: materialised again, and kept
+    assert np.array_equal(longer.train.tokens[:len(long.train.tokens)], long.train.tokens)
+    assert np.array_equal(load_corpus(cfg, 150_000, 1024).train.tokens, long.train.tokens)

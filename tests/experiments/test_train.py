@@ -1,5 +1,7 @@
-"""Real training runs on the CPU: records, accounting, exact resume after a kill, divergence, data parallel."""
+"""Real training runs on the CPU: records, accounting, exact resume after a kill, divergence, data parallel over
+two processes (the same loss curve as one process, resumable on another number of processes)."""
 
+import csv
 import json
 import os
 import signal
@@ -8,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 import yaml
 
 from engram.budget import count
@@ -16,7 +20,7 @@ from engram.model import EngramLM
 from experiments.checkpoint import load_model
 from experiments.config import resolve, trial_from_dict, trial_id
 from experiments.records import read_run_record
-from experiments.train import run_trial
+from experiments.train import TrialFailed, run_trial, trial_lock
 
 from .tiny import tiny
 
@@ -114,17 +118,107 @@ def test_nan_loss_is_recorded_as_diverged(tmp_path):
     assert stored["status"] == "diverged" and stored["diverged_step"] == record["diverged_step"]
 
 
-def test_two_process_data_parallel_on_gloo(tmp_path):
-    cfg = tiny(train={"tokens": 8 * 64 * 2 * 12, "eval_every_tokens": 0, "devices": 2, "strategy": "ddp",
-                      "accelerator": "cpu", "checkpoint_every_steps": 100})
+# -- data parallel: two gloo processes on the CPU ------------------------------------------------------------------
+
+# checkpoints at steps 4, 8, 12 and validation at 6, 12: a checkpoint taken at a validation step is saved before
+# the validation runs, so a run resumed from it would lack that point of its curve
+PARALLEL = tiny(train={"tokens": 8 * 64 * 12, "eval_every_tokens": 8 * 64 * 6, "checkpoint_every_steps": 4,
+                       "log_every_steps": 1, "accelerator": "cpu"})
+
+
+def _config(tmp_path: Path, **train) -> Path:
     config = tmp_path / "trial.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(_train_cmd(config, tmp_path / "results", tmp_path / "runs"), env=env,
-                         capture_output=True, text=True, timeout=600)
+    config.write_text(yaml.safe_dump(tiny(train={**PARALLEL["train"], **train})))
+    return config
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def _train_losses(workdir: Path) -> list[float]:
+    """The per-step training loss a run logged (rank 0's CSV log: the loss of the whole step's batch)."""
+    (path,) = workdir.rglob("metrics.csv")
+    return [float(row["train_loss"]) for row in csv.DictReader(path.open()) if row["train_loss"]]
+
+
+def _table(workdir: Path) -> torch.Tensor:
+    (path,) = workdir.rglob("last.ckpt")
+    state = torch.load(path, weights_only=True)["state_dict"]
+    (table,) = [v for k, v in state.items() if k.endswith("tables.weight")]
+    return table
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """PARALLEL trained by one process: the reference of the data-parallel runs."""
+    root = tmp_path_factory.mktemp("one_process")
+    record = run_trial(trial_from_dict(PARALLEL), results=root / "results", workdir=root / "runs")
+    assert record["status"] == "completed", record["reason"]
+    return record, root / "runs"
+
+
+def _same_curves(got: dict, ref: dict) -> None:
+    got_curve, ref_curve = got["metrics"]["val_curve"], ref["metrics"]["val_curve"]
+    assert [t for t, _ in got_curve] == [t for t, _ in ref_curve]
+    assert [v for _, v in got_curve] == pytest.approx([v for _, v in ref_curve], rel=1e-5)
+
+
+def test_data_parallel_run_follows_one_process(tmp_path, one_process):
+    """Two processes (Lightning's launcher, tables sharded over them) train on the one-process run's batches, half
+    each: the same loss curve, one record, and checkpoints that hold whole tables."""
+    ref, ref_runs = one_process
+    out = subprocess.run(_train_cmd(_config(tmp_path, devices=2), tmp_path / "results", tmp_path / "runs"),
+                         env=_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     records = list((tmp_path / "results").rglob("*.json"))
     assert len(records) == 1
-    record = read_run_record(records[0])
-    assert record["status"] == "completed"
-    assert record["accounting"]["steps"] == 12 and record["accounting"]["tokens"] == 12 * 2 * 8 * 64
+    got = read_run_record(records[0])
+    assert got["status"] == "completed" and got["config"]["train"]["devices"] == 2
+    assert got["run_id"] == ref["run_id"]  # the same trial: a layout is not part of the run id
+    assert got["accounting"]["steps"] == 12 and got["accounting"]["tokens"] == ref["accounting"]["tokens"]
+    assert _train_losses(tmp_path / "runs") == pytest.approx(_train_losses(ref_runs), rel=1e-5)
+    _same_curves(got, ref)
+    assert _table(tmp_path / "runs").shape == _table(ref_runs).shape
+
+
+class CrashAtStep8(L.Callback):
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if trainer.global_step == 8:
+            raise RuntimeError("a crash after the step-8 checkpoint")
+
+
+def _torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+
+
+def test_a_one_process_run_resumes_on_two(tmp_path, one_process):
+    """A run that dies after a checkpoint resumes on two processes started together (torchrun: rank 0 tells the other
+    it holds the trial), each taking its rows of the checkpoint's whole tables, and ends where the one-process run
+    does."""
+    ref, _ = one_process
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    with pytest.raises(TrialFailed):
+        run_trial(trial_from_dict(PARALLEL), results=results, workdir=runs, callbacks=[CrashAtStep8()])
+    out = subprocess.run(_torchrun("-m", "engram_lab", "train", str(_config(tmp_path, devices=2)), "--results",
+                                   str(results), "--workdir", str(runs)),
+                         env=_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Restoring states from the checkpoint" in out.stderr
+    (path,) = results.rglob("*.json")
+    got = read_run_record(path)
+    assert got["status"] == "completed" and got["run_id"] == ref["run_id"]
+    _same_curves(got, ref)
+
+
+def test_ranks_started_together_all_stop_when_the_trial_is_busy(tmp_path):
+    """Another process holds the trial: rank 0 cannot take it and tells rank 1, so both stop at once."""
+    config = _config(tmp_path, devices=2)
+    rid = trial_id(resolve(trial_from_dict(yaml.safe_load(config.read_text()))))
+    with trial_lock(tmp_path / "runs" / "_runs" / rid):
+        out = subprocess.run(_torchrun("-m", "engram_lab", "train", str(config), "--results", str(tmp_path / "results"),
+                                       "--workdir", str(tmp_path / "runs")),
+                             env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "rank 0 found it locked" in out.stderr and "being trained by another process" in out.stderr
+    assert not (tmp_path / "results").exists()

@@ -38,14 +38,15 @@ EXECUTORS = [pytest.param("local"),
              pytest.param("slurm", marks=pytest.mark.skipif(not slurm_up(), reason="no SLURM cluster is running"))]
 
 
-def write_spec(tmp_path: Path, name: str, executor: str, steps: int = 40, seeds=(0, 1, 2)) -> Path:
+def write_spec(tmp_path: Path, name: str, executor: str, steps: int = 40, seeds=(0, 1, 2), **slurm) -> Path:
+    """A sweep of the tiny trial over ``seeds``; ``slurm``: more SLURM resources of each trial."""
     trial = tiny(train={"tokens": 8 * 64 * steps, "checkpoint_every_steps": 5, "eval_every_tokens": 0,
                         "deterministic": False})
     spec = {"name": name, "experiment": "test", "trial": trial,
             "grid": {"seed": {"path": "seed", "values": list(seeds)}},
             "launch": {"executor": executor, "max_parallel": 2,
                        "storage": f"sqlite:///{tmp_path / 'optuna.db'}",
-                       "slurm": {"cpus_per_task": 1, "mem_gb": 2, "time_min": 30, "array_parallelism": 2}}}
+                       "slurm": {"cpus_per_task": 1, "mem_gb": 2, "time_min": 30, "array_parallelism": 2, **slurm}}}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -151,3 +152,18 @@ def test_two_drivers_on_one_sqlite_storage_neither_duplicate_nor_lose(tmp_path):
     finished = [t for t in study.get_trials() if t.state.is_finished()]
     assert sorted(t.user_attrs["run_id"] for t in finished) == ids
     assert len(read_ledger_at(tmp_path / "runs" / "twin")) == 3
+
+
+@pytest.mark.skipif(not slurm_up(), reason="no SLURM cluster is running")
+def test_a_trial_of_two_tasks_trains_data_parallel_through_slurm(tmp_path):
+    """A spec asking for two tasks per trial: submitit starts two processes on the node (gloo), Lightning takes its
+    ranks from SLURM, and the sweep ends with one completed record, written once."""
+    spec_path = write_spec(tmp_path, "two-tasks", "slurm", steps=8, seeds=(0,), tasks_per_node=2)
+    outcome = run_sweep(spec_path, results=tmp_path / "results", workdir=tmp_path / "runs", analyse=False,
+                        poll_s=1.0, timeout_s=600, echo=lambda *_: None)
+    assert outcome.count("completed") == 1
+    (record,) = records(tmp_path, "two-tasks").values()
+    assert record["config"]["train"]["devices"] == 2 and record["accounting"]["steps"] == 8
+    (job,) = read_ledger_at(tmp_path / "runs" / "two-tasks").values()
+    logs = sorted(p.name for p in (tmp_path / "runs" / "two-tasks" / "logs").rglob(f"{job['job_id']}_*_log.out"))
+    assert logs == [f"{job['job_id']}_0_log.out", f"{job['job_id']}_1_log.out"]  # one per task
