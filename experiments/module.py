@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from engram.compress import Compression
 from engram.model import EngramLM
@@ -174,3 +176,24 @@ class CorpusDataModule(L.LightningDataModule):
         data = ValidationSet(self.corpus.validation, self.trial.data.seq_len, self.trial.train.val_tokens,
                              rank=t.global_rank, world=t.world_size)
         return torch.utils.data.DataLoader(data, batch_size=self.trial.train.batch_size, shuffle=False)
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_steps`` optimizer steps, taken after the validation due at the same step.
+
+    Lightning saves a step checkpoint when the step's batch ends, before that step's validation runs; a run resumed
+    from it would never validate at that step, and its curve would lack the point. At a step that validates, the
+    save waits for the validation to end."""
+
+    def __init__(self, dirpath: Path, every_n_steps: int, validate_every_steps: int):
+        super().__init__(dirpath=dirpath, every_n_train_steps=every_n_steps, save_top_k=0, save_last=True)
+        self.every_n_steps, self.validate_every_steps = every_n_steps, validate_every_steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.validate_every_steps:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        step = trainer.global_step
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and step and step % self.every_n_steps == 0:
+            trainer.save_checkpoint(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")

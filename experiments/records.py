@@ -122,12 +122,17 @@ def read_json(path: str | Path) -> dict:
     return data
 
 
+def _read_record(path: str | Path, fields: tuple[str, ...], kind: str) -> dict:
+    data = read_json(path)
+    missing = [k for k in fields if k not in data]
+    if missing:
+        raise RecordError(f"{path}: {kind} record lacks {', '.join(missing)}")
+    return data
+
+
 def read_run_record(path: str | Path) -> dict:
     """A validated run record; :class:`RecordError` names the file and what is wrong."""
-    data = read_json(path)
-    missing = [k for k in RUN_FIELDS if k not in data]
-    if missing:
-        raise RecordError(f"{path}: run record lacks {', '.join(missing)}")
+    data = _read_record(path, RUN_FIELDS, "run")
     if data["status"] not in RUN_STATUSES:
         raise RecordError(f"{path}: status {data['status']!r} is not one of {RUN_STATUSES}")
     if data["status"] == "completed" and not isinstance(data.get("metrics", {}).get("val_loss"), (int, float)):
@@ -136,19 +141,12 @@ def read_run_record(path: str | Path) -> dict:
 
 
 def read_eval_record(path: str | Path) -> dict:
-    data = read_json(path)
-    missing = [k for k in EVAL_FIELDS if k not in data]
-    if missing:
-        raise RecordError(f"{path}: eval record lacks {', '.join(missing)}")
-    return data
+    return _read_record(path, EVAL_FIELDS, "eval")
 
 
 def read_probe_record(path: str | Path) -> dict:
     """A validated probe record: every field, a known kind, and the data its figures read."""
-    data = read_json(path)
-    missing = [k for k in PROBE_FIELDS if k not in data]
-    if missing:
-        raise RecordError(f"{path}: probe record lacks {', '.join(missing)}")
+    data = _read_record(path, PROBE_FIELDS, "probe")
     if data["kind"] not in PROBE_DATA:
         raise RecordError(f"{path}: probe kind {data['kind']!r} is not one of {tuple(PROBE_DATA)}")
     lacking = [k for k in PROBE_DATA[data["kind"]] if k not in (data["data"] or {})]

@@ -210,14 +210,13 @@ def run_trial(trial: TrialConfig, results: str | Path = "results", workdir: str 
 
 def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, callbacks: list, env) -> dict:
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.strategies import DDPStrategy
 
     from engram.sharded import whole_state_dict
     from experiments.checkpoint import save_model
     from experiments.data import load_corpus
-    from experiments.module import CorpusDataModule, Diverged, LanguageModelTask
+    from experiments.module import CorpusDataModule, Diverged, LanguageModelTask, StepCheckpoint
 
     record_file = run_path(results, resolved.sweep, rid)
     if record_file.exists():
@@ -272,8 +271,7 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
         trainer = L.Trainer(
             default_root_dir=run_dir, max_steps=steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices,
             num_nodes=t.num_nodes, strategy=strategy, precision=precision, logger=loggers, plugins=[env],
-            callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=t.checkpoint_every_steps,
-                                       save_top_k=0, save_last=True), *callbacks],
+            callbacks=[StepCheckpoint(ckpt_dir, t.checkpoint_every_steps, eval_every), *callbacks],
             val_check_interval=eval_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
             enable_progress_bar=t.progress_bar,
             enable_model_summary=False, deterministic=t.deterministic, use_distributed_sampler=False,

@@ -74,7 +74,8 @@ def _train_cmd(config: Path, results: Path, workdir: Path) -> list[str]:
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):
-    cfg = tiny(train={"tokens": 8 * 64 * 40, "checkpoint_every_steps": 10})
+    # the first checkpoint falls on a validation step (20): the resumed run must keep that point of its curve
+    cfg = tiny(train={"tokens": 8 * 64 * 40, "checkpoint_every_steps": 20, "eval_every_tokens": 8 * 64 * 20})
     config = tmp_path / "trial.yaml"
     config.write_text(yaml.safe_dump(cfg))
     rid = trial_id(resolve(trial_from_dict(cfg)))
@@ -120,9 +121,8 @@ def test_nan_loss_is_recorded_as_diverged(tmp_path):
 
 # -- data parallel: two gloo processes on the CPU ------------------------------------------------------------------
 
-# checkpoints at steps 4, 8, 12 and validation at 6, 12: a checkpoint taken at a validation step is saved before
-# the validation runs, so a run resumed from it would lack that point of its curve
-PARALLEL = tiny(train={"tokens": 8 * 64 * 12, "eval_every_tokens": 8 * 64 * 6, "checkpoint_every_steps": 4,
+# checkpoints and validations at steps 4, 8 and 12: a resumed run keeps the validation of its checkpoint's step
+PARALLEL = tiny(train={"tokens": 8 * 64 * 12, "eval_every_tokens": 8 * 64 * 4, "checkpoint_every_steps": 4,
                        "log_every_steps": 1, "accelerator": "cpu"})
 
 
