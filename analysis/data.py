@@ -36,11 +36,11 @@ MEMORY_OFF_SUFFIX = "__memory_off"
 
 
 def find_sweeps(results: str | Path) -> list[str]:
-    """Names of the sweep folders under ``results`` (those holding a ``runs/`` folder), sorted."""
+    """Names of the sweep folders under ``results`` (those holding run records in ``runs/``), sorted."""
     results = Path(results)
     if not results.is_dir():
         return []
-    return sorted(p.name for p in results.iterdir() if (p / "runs").is_dir())
+    return sorted(p.name for p in results.iterdir() if any((p / "runs").glob("*.json")))
 
 
 def read_sweep(results: str | Path, sweep: str) -> tuple[list[tuple[Path, dict]], list[tuple[Path, dict]]]:

@@ -141,7 +141,7 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 
 def write_result(name: str, payload: dict) -> Path:
-    """``results/benchmarks/<name>.json`` (and a copy under $OUT when the device tool set it), atomically."""
+    """``results/benchmarks/<name>.json`` (and a copy under $OUT when that is set), atomically."""
     path = RESULTS / f"{name}.json"
     if smoke():
         print(f"(smoke run: {path.name} not written)")

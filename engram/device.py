@@ -2,7 +2,7 @@
 
 Datasheet numbers for dense (not 2:4 sparse) bf16 tensor-core maths, matched on the name the driver reports
 (``torch.cuda.get_device_name()``), most specific first. MFU = achieved model FLOP/s (``engram.budget.count``'s
-training FLOPs per token x tokens per second) / this peak. The lent H100 SXM reaches ~798 TFLOP/s on an 8192^3
+training FLOPs per token x tokens per second) / this peak. An H100 SXM reaches ~798 TFLOP/s on an 8192^3
 bf16 matrix product (PERF.md), 81% of its datasheet 989 TFLOP/s: MFU is against the datasheet, as is customary.
 """
 

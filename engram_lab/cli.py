@@ -12,16 +12,11 @@ STAGES = ("experiments.cli", "sweeps.cli", "eval.cli", "eval.probe_cli", "analys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="engram-lab", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="engram-lab", description="Conditional memory (Engram) against MoE: train, sweep, evaluate, probe, analyse.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in STAGES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name == name:
-                continue  # a stage not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
