@@ -37,13 +37,14 @@ def analyse(results: str | Path, sweeps: Iterable[str], steps: Iterable[str] = S
     if "tables" in steps:
         written["tables"] = tables.write_tables(df, fits, out_dir)
     figures = {}
+    probe_records = probes.load_probes(results, sweeps)
     if "figures" in steps or "report" in steps:
         figures = {**plotting.draw_all(df, fits, out_dir / "figures"),
-                   **probes.draw_all(probes.load_probes(results, sweeps), out_dir / "figures")}
+                   **probes.draw_all(probe_records, out_dir / "figures")}
         written["figures"] = [p for paths in figures.values() for p in paths]
     if "report" in steps:
         path = Path(report_path) if report_path else out_dir / "report.md"
-        text = report.build_report(df, fits, figures, claims.evaluate(fits, df), path)
+        text = report.build_report(df, fits, figures, claims.evaluate(fits, df), path, probe_records)
         written["report"] = [write_text_atomic(path, text)]
     return written
 

@@ -208,3 +208,40 @@ def draw_all(probes: list[dict], out_dir) -> dict[str, list[Path]]:
     """Every probe figure the records support; a figure without records maps to an empty list."""
     return {"logit_lens": logit_lens(probes, out_dir), "cka": cka(probes, out_dir), "gates": gates(probes, out_dir),
             "gate_ngrams": gate_ngrams(probes, out_dir), "memory_off": memory_off(probes, out_dir)}
+
+
+def summary_markdown(probes: list[dict], top: int = 5) -> str:
+    """The probes' numbers for the report: LogitLens KL per layer, CKA's layer matching, the top gated N-grams and
+    the retained shares with memory off; a line saying there are none otherwise."""
+    if not probes:
+        return "No probe records (`engram-lab probe CKPT [--against CKPT]` writes them).\n"
+    parts = []
+    lens = [p for p in probes if p["kind"] == "logit_lens"]
+    if lens:
+        width = max(len(r["data"]["kl"]) for r in lens)
+        parts += ["**LogitLens**: KL(final output || layer), nats; layer 0 is the embedding.\n",
+                  "| model | " + " | ".join(str(i) for i in range(width)) + " |",
+                  "|---|" + "---|" * width]
+        parts += [f"| {name} | " + " | ".join(f"{v:.3f}" for v in r["data"]["kl"]) + " |"
+                  for r, name in zip(lens, _legend_names(lens))]
+        parts.append("")
+    for r in (p for p in probes if p["kind"] == "cka"):
+        d = r["data"]
+        parts += [f"**CKA** of {d['rows']} against {d['cols']} ({d['n_tokens']} tokens): for each layer, the best "
+                  f"matching layer and the soft alignment index (top {d['k']}).\n",
+                  "| layer | best match | soft alignment |", "|---|---|---|"]
+        parts += [f"| {i} | {b} | {a:.2f} |" for i, (b, a) in enumerate(zip(d["best_match"], d["soft_alignment"]))]
+        parts.append("")
+    for r in (p for p in probes if p["kind"] == "gate"):
+        grams = r["data"]["top_ngrams"][:top]
+        parts += [f"**Top gated N-grams** of {r['label']} ({r['data']['corpus_tokens']} tokens):\n",
+                  "| N-gram | mean gate | count |", "|---|---|---|"]
+        parts += [f"| `{g['ngram']!r}` | {g['mean_gate']:.3f} | {g['count']} |" for g in grams]
+        parts.append("")
+    table = memory_off_table(probes)
+    if not table.empty:
+        parts += ["**Memory off**: share of each score retained with the Engram output suppressed.\n",
+                  "| model | score | retained |", "|---|---|---|"]
+        parts += [f"| {row.model} | {row.name} | {100 * row.retained:.0f}% |" for row in table.itertuples()]
+        parts.append("")
+    return "\n".join(parts)

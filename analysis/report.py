@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import tables
+from analysis import probes, tables
 from analysis.claims import CANNOT, CONTRADICTS, SUPPORTS
 from analysis.fits import budget_order
 
-SECTIONS = ("Summary", "Data", "Fitted laws", "Comparison with the paper", "Figures", "Run table",
+SECTIONS = ("Summary", "Data", "Fitted laws", "Comparison with the paper", "Probes", "Figures", "Run table",
             "Methods and caveats")
 FIGURE_CAPTIONS = {
     "u_curve": "Validation loss against the allocation ratio rho (Figure 3 left).",
@@ -43,13 +43,14 @@ def _ci(ci, digits: int = 4) -> str:
 
 
 def build_report(df: pd.DataFrame, fits: dict, figures: dict[str, list[Path]], claim_results: list[dict],
-                 out_path: str | Path) -> str:
+                 out_path: str | Path, probe_records: list[dict] = ()) -> str:
     """The report's Markdown; figure links are relative to ``out_path``'s folder."""
     title = ", ".join(fits["sweeps"]) or "(no sweep)"
     parts = [f"# Reproduction report: {title}\n",
              "Regenerated from stored records by `engram-lab report`; do not edit by hand.\n",
              _summary(fits, claim_results), _data(df, fits), _laws(fits), _comparison(claim_results),
-             _figures(figures, Path(out_path).parent), _run_table(df), _methods(fits)]
+             "## Probes\n\n" + probes.summary_markdown(list(probe_records)), _figures(figures, Path(out_path).parent),
+             _run_table(df), _methods(fits)]
     return "\n".join(parts)
 
 

@@ -253,9 +253,11 @@ def simulate_probes(rng: np.random.Generator, run: dict, n_layers: int = 12, tok
         {**alone, "run_id": twin, "label": other, "kind": "logit_lens", "data": {"layers": layers, "kl": kl_other}},
         {**alone, "kind": "cka", "against": twin, "against_label": other, "against_checkpoint": f"runs/{twin}/model",
          "data": {"rows": label, "cols": other, "matrix": cka.round(4).tolist(),
-                  "best_match": cka.argmax(1).tolist(), "soft_alignment": shift.tolist(), "k": 5}},
+                  "best_match": cka.argmax(1).tolist(), "soft_alignment": shift.tolist(), "k": 5,
+                  "n_tokens": 1000}},
         {**alone, "kind": "gate", "data": {"tokens": tokens, "channels": ["layer 1", "layer 5"],
-                                           "gates": gates.round(4).tolist(), "top_ngrams": ngrams}},
+                                           "gates": gates.round(4).tolist(), "top_ngrams": ngrams,
+                                           "corpus_tokens": 1000}},
         {**alone, "kind": "memory_off", "data": {"rows": memory_rows}},
     ]
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from engram.memory import Engram
 from engram.model import EngramLM
 from experiments.config import TrialConfig
-from experiments.data import ValidationSet, _materialise
+from experiments.data import ValidationSet, materialise
 from experiments.records import probe_path, write_atomic
 from experiments.synthetic import KIND, SyntheticCorpus
 from experiments.tokenizer import Tokenizer
@@ -62,10 +62,10 @@ def validation_tokens(trial: TrialConfig, tokenizer: Tokenizer, n_tokens: int, s
     """The first ``n_tokens`` of the trial's validation split, cut into sequences exactly as its trainer scored them.
 
     The split is rebuilt from the data config with the checkpoint's own tokenizer by the function the trainer uses
-    (``experiments.data._materialise``), not read from a corpus cache, so a probe runs on any machine that can read
+    (``experiments.data.materialise``), not read from a corpus cache, so a probe runs on any machine that can read
     the data and never materialises a training split.
     """
-    split = _materialise(trial.data, tokenizer, "validation", n_tokens)
+    split = materialise(trial.data, tokenizer, "validation", n_tokens)
     val = ValidationSet(split, seq_len, n_tokens)
     inputs, targets, categories = (torch.stack(parts) for parts in zip(*(val[i] for i in range(len(val)))))
     return ProbeTokens(inputs, targets, categories, list(split.names))

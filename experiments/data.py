@@ -101,12 +101,13 @@ class TokenSplit:
     def prefix(self, max_tokens: int) -> TokenSplit | None:
         """What materialising this stream to ``max_tokens`` gives (0: the whole split), cut from this longer
         materialisation; None when it does not reach that far."""
-        i = int(np.searchsorted(self.batch_ends[:, 0], max_tokens, side="right")) if max_tokens else len(self.batch_ends)
-        if i == len(self.batch_ends):
+        ends = self.batch_ends
+        i = int(np.searchsorted(ends[:, 0], max_tokens, side="right")) if max_tokens else len(ends)
+        if i == len(ends):
             return self if self.complete else None
-        n_tokens, n_docs = (int(v) for v in self.batch_ends[i])
-        return TokenSplit(self.tokens[:n_tokens], self.categories[:n_tokens], self.names, n_docs,
-                          self.batch_ends[:i + 1], complete=False)
+        n_tokens, n_docs = (int(v) for v in ends[i])
+        return TokenSplit(self.tokens[:n_tokens], self.categories[:n_tokens], self.names, n_docs, ends[:i + 1],
+                          complete=False)
 
     def chunks(self, seq_len: int) -> int:
         return max(0, (len(self.tokens) - 1) // seq_len)
@@ -141,7 +142,7 @@ def _documents(cfg: DataConfig, split: str):
             yield text, "text"
 
 
-def _materialise(cfg: DataConfig, tok: Tokenizer, split: str, max_tokens: int) -> TokenSplit:
+def materialise(cfg: DataConfig, tok: Tokenizer, split: str, max_tokens: int) -> TokenSplit:
     """Tokenise documents (joined by <eos>) until ``max_tokens + 1`` tokens, or the whole split when 0."""
     names = list(CATEGORIES) if cfg.source == "synthetic" else ["text"]
     index = {n: i for i, n in enumerate(names)}
@@ -217,8 +218,8 @@ def load_corpus(cfg: DataConfig, train_tokens: int, val_tokens: int) -> Corpus:
     cached = _read_cached(path)
     train = cached[0].prefix(train_tokens) if cached else None
     if train is None:
-        train = _materialise(cfg, tok, "train", train_tokens)
-        val = cached[1] if cached else _materialise(cfg, tok, "validation", val_tokens)
+        train = materialise(cfg, tok, "train", train_tokens)
+        val = cached[1] if cached else materialise(cfg, tok, "validation", val_tokens)
         _write_cached(path, train, val)
     else:
         val = cached[1]

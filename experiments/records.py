@@ -59,8 +59,9 @@ EVAL_FIELDS = ("run_id", "sweep", "task", "task_version", "num_fewshot", "limit"
                "metrics", "checkpoint", "created")
 PROBE_FIELDS = ("kind", "run_id", "sweep", "label", "against", "against_label", "checkpoint", "against_checkpoint",
                 "settings", "data", "created")
-PROBE_DATA = {"logit_lens": ("layers", "kl"), "gate": ("tokens", "channels", "gates", "top_ngrams"),
-              "cka": ("rows", "cols", "matrix", "best_match", "soft_alignment", "k"), "memory_off": ("rows",)}
+PROBE_DATA = {"logit_lens": ("layers", "kl"), "gate": ("tokens", "channels", "gates", "top_ngrams", "corpus_tokens"),
+              "cka": ("rows", "cols", "matrix", "best_match", "soft_alignment", "k", "n_tokens"),
+              "memory_off": ("rows",)}
 
 
 class RecordError(ValueError):

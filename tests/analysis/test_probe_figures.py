@@ -48,3 +48,15 @@ def test_memory_off_table_orders_halves_then_categories_then_tasks_and_skips_uns
     table = probes.memory_off_table([rec])
     assert table["name"].tolist() == ["static", "dynamic", "biography", "arithmetic", "mmlu (acc)"]
     assert table["retained"].tolist() == [0.5, 0.8, 0.4, 0.9, 0.7]
+
+
+def test_the_report_section_states_each_probes_numbers():
+    run = make_run_record(sweep="s", experiment="allocation")
+    recs = simulate_probes(np.random.default_rng(0), run)
+    text = probes.summary_markdown(recs)
+    lens = next(p for p in recs if p["kind"] == "logit_lens")
+    assert "**LogitLens**" in text and " | ".join(f"{v:.3f}" for v in lens["data"]["kl"]) in text
+    cka = next(p for p in recs if p["kind"] == "cka")["data"]
+    assert f"| 1 | {cka['best_match'][1]} | {cka['soft_alignment'][1]:.2f} |" in text
+    assert "**Top gated N-grams**" in text and "**Memory off**" in text
+    assert probes.summary_markdown([]).startswith("No probe records")

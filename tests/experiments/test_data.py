@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engram.config import ConfigError
-from experiments.data import PADDING, DataConfig, TrainBatches, ValidationSet, _materialise, load_corpus
+from experiments.data import PADDING, DataConfig, TrainBatches, ValidationSet, materialise, load_corpus
 from experiments.text import is_validation, iter_file_documents, iter_hub_documents
 from experiments.tokenizer import train_bpe
 
@@ -125,7 +125,7 @@ def test_a_shorter_budget_is_cut_from_a_cached_longer_stream_exactly(tmp_path, m
     long = load_corpus(cfg, 150_000, 1024)  # a few batches of 256 documents
     short = load_corpus(cfg, 50_000, 1024)  # served by the cached longer stream
     assert len(list((tmp_path / "cache" / "tokens").iterdir())) == 1
-    fresh = _materialise(cfg, short.tokenizer, "train", 50_000)
+    fresh = materialise(cfg, short.tokenizer, "train", 50_000)
     assert np.array_equal(short.train.tokens, fresh.tokens) and short.train.documents == fresh.documents
     assert np.array_equal(short.train.categories, fresh.categories)
     assert len(short.train.tokens) < len(long.train.tokens)
