@@ -90,7 +90,8 @@ def stop(job_id: str, executor: str, run_dir: Path) -> None:
 
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_sweep_survives_requeue_cancel_and_a_dead_driver(tmp_path, executor):
-    spec_path = write_spec(tmp_path, f"launch-{executor}", executor)
+    # SLURM delivers a signal a second or so after scancel, in which a 40-step trial (~1.5 s) can finish: longer ones
+    spec_path = write_spec(tmp_path, f"launch-{executor}", executor, steps=400 if executor == "slurm" else 40)
     spec = load_spec(spec_path)
     ids = [p.run_id for p in expand(spec)]
     name = spec.name
