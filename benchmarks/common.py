@@ -7,16 +7,19 @@ versions and the exact command.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from engram.device import device_name
+from experiments.records import write_atomic
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "benchmarks"
 
@@ -29,7 +32,7 @@ def environment() -> dict:
     import triton
 
     return {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "device": device_name(),
         "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "command": "PYTHONPATH=. python3 " + " ".join(shlex.quote(a) for a in sys.argv),
@@ -141,19 +144,15 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 
 def write_result(name: str, payload: dict) -> Path:
-    """``results/benchmarks/<name>.json`` (and a copy under $OUT when that is set), atomically."""
+    """``results/benchmarks/<name>.json`` with the environment, atomically (nothing in a smoke run)."""
     path = RESULTS / f"{name}.json"
-    if smoke():
+    record = {"benchmark": name, **environment(), **payload}
+    if smoke():  # still serialised, so that a payload JSON cannot hold fails here and not after a GPU run
+        with tempfile.TemporaryDirectory() as tmp:
+            write_atomic(Path(tmp) / path.name, record)
         print(f"(smoke run: {path.name} not written)")
         return path
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"benchmark": name, **environment(), **payload}, indent=2, default=str))
-    os.replace(tmp, path)
-    out = os.environ.get("OUT")
-    if out:
-        Path(out, path.name).write_text(path.read_text())
-    return path
+    return write_atomic(path, record)
 
 
 def compile_(fn, **kwargs):

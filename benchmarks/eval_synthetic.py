@@ -29,16 +29,11 @@ The default overrides lengthen the context to 512 tokens (RULER's NIAH prompts t
 from __future__ import annotations
 
 import argparse
-import platform
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from benchmarks.common import smoke, table
+from benchmarks.common import environment, smoke, table
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_SET = ["sweep=eval_synthetic", "model.max_seq_len=512", "data.seq_len=512", "train.batch_size=32",
@@ -124,12 +119,8 @@ def main() -> None:
             rows += rows_of(records, chance)
         print(table(rows, ["task", "memory", "metric", "value", "stderr", "chance", "z", "n"]))
         payload = {
-            "benchmark": "eval_synthetic",
-            "command": "PYTHONPATH=. python3 " + " ".join(shlex.quote(a) for a in sys.argv),
-            "smoke": smoke(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "wall_time_s": time.time() - started,
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() and not smoke() else "cpu",
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "lm_eval": lm_eval.__version__},
+            "benchmark": "eval_synthetic", **environment(), "lm_eval": lm_eval.__version__, "smoke": smoke(),
+            "wall_time_s": time.time() - started,
             "checkpoint": str(ckpt), "niah_length": length, "samples": options.samples, "seed": options.seed,
             "run": None if record is None else {
                 "run_id": record["run_id"], "sweep": record["sweep"], "config": record["config"],

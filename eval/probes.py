@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -435,9 +436,12 @@ def run_probes(ckpt: str | Path, *, against: str | Path | None = None, probes: I
         run.paths.append(write_atomic(path, rec))
         run.records.append(rec)
 
-    tokens = {}
+    tokens, splits = {}, {}  # a twin on the same data and tokenizer reads the split built for the first model
     for s in subjects:
-        tokens[s.run_id] = validation_tokens(s.trial, s.tokenizer, settings.tokens, seq_len)
+        data_key = (json.dumps(asdict(s.trial.data), sort_keys=True, default=str), s.tokenizer.fingerprint())
+        if data_key not in splits:
+            splits[data_key] = validation_tokens(s.trial, s.tokenizer, settings.tokens, seq_len)
+        tokens[s.run_id] = splits[data_key]
         inputs_NT = tokens[s.run_id].inputs_NT
         if "logit_lens" in probes:
             write("logit_lens", s, logit_lens(s.model, inputs_NT, settings.batch_size))

@@ -60,6 +60,9 @@ class LanguageModelTask(L.LightningModule):
                 and self.model.table_shards is None):
             shard_tables_(self.model)
             self._ddp_params_and_buffers_to_ignore = [name for name, _ in sharded_tables(self)]
+        # gradient clipping's two kinds of parameters: a shard's norm is summed over the ranks, the rest is whole
+        self._shards = [t.weight for t in self.model.memory_tables()] if self.model.table_shards is not None else []
+        self._replicated = [p for p in self.model.parameters() if all(p is not s for s in self._shards)]
         # Engram's lookup runs eagerly ahead of the backbone (EngramLM.memory), so the loss compiles as one graph
         self._loss = torch.compile(self.model.loss) if self.trial.train.compile else self.model.loss
 
@@ -94,9 +97,7 @@ class LanguageModelTask(L.LightningModule):
         self.manual_backward(out.loss)
         if self.trial.optim.grad_clip > 0:  # clips row-sparse table gradients too, which torch's clipping cannot
             sharded = self.model.table_shards
-            shards = [t.weight for t in self.model.memory_tables()] if sharded is not None else []
-            replicated = [p for p in self.model.parameters() if all(p is not s for s in shards)]
-            clip_grad_norm_(replicated, self.trial.optim.grad_clip, sharded=shards,
+            clip_grad_norm_(self._replicated, self.trial.optim.grad_clip, sharded=self._shards,
                             group=sharded.sg.group if sharded is not None else None)
         self.model.update_router_biases()
         opt.step()

@@ -262,11 +262,12 @@ def make_executor(spec: SweepSpec, paths: SweepPaths, cluster: str) -> submitit.
     return executor
 
 
-def _job(spec: SweepSpec, p: PlannedTrial, paths: SweepPaths, storage: str) -> TrialJob:
+def _jobs(spec: SweepSpec, todo: list[PlannedTrial], paths: SweepPaths, storage: str) -> list[TrialJob]:
     from sweeps.study import grid_choices, param_value
 
-    return TrialJob(p.trial.to_dict(), {k: param_value(v) for k, v in p.axes.items()}, grid_choices(spec),
-                    str(paths.results), str(paths.workdir), storage)
+    choices = grid_choices(spec)  # the study's search space: one for every trial of the sweep
+    return [TrialJob(p.trial.to_dict(), {k: param_value(v) for k, v in p.axes.items()}, choices, str(paths.results),
+                     str(paths.workdir), storage) for p in todo]
 
 
 def submit(spec: SweepSpec, paths: SweepPaths, todo: list[PlannedTrial], storage: str, executor_kind: str,
@@ -280,7 +281,7 @@ def submit(spec: SweepSpec, paths: SweepPaths, todo: list[PlannedTrial], storage
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         with executor.batch():
-            handles = [executor.submit(_job(spec, p, paths, storage)) for p in part]
+            handles = [executor.submit(job) for job in _jobs(spec, part, paths, storage)]
         jobs.extend(zip(part, handles))
     append_ledger(paths, [{"run_id": p.run_id, "job_id": str(j.job_id), "executor": executor_kind,
                            "submitted": now()} for p, j in jobs])
@@ -363,12 +364,12 @@ def run_sweep(spec_path: str | Path, results: str | Path = "results", workdir: s
             submit(spec, paths, todo, storage, "slurm", submitted)
             todo = []
     if kind == "debug":
-        for p in todo:
+        for p, job in zip(todo, _jobs(spec, todo, paths, storage)):
             with driver_lock(paths):
                 append_ledger(paths, [{"run_id": p.run_id, "job_id": str(os.getpid()), "executor": "debug",
                                        "submitted": now()}])
             try:
-                _job(spec, p, paths, storage)()
+                job()
             except RuntimeError as err:
                 echo(f"{p.label()}: {err}")
         todo = []

@@ -102,53 +102,34 @@ def trials_by_run(study: optuna.Study) -> dict[str, list[optuna.trial.FrozenTria
     return out
 
 
-def record_outcome(study: optuna.Study, record: dict, params: dict, distributions: dict,
-                   number: int | None = None) -> None:
-    """Finish the study trial ``number`` (or add a finished one) from a run record."""
+def _add_finished(study: optuna.Study, record: dict, params: dict, distributions: dict) -> None:
+    """A finished study trial from a run record: COMPLETE with its validation loss, or FAIL with its reason."""
     state = TrialState.COMPLETE if record["status"] == "completed" else TrialState.FAIL
     value = record["metrics"].get("val_loss") if state == TrialState.COMPLETE else None
     attrs = {"run_id": record["run_id"], "status": record["status"], "reason": record.get("reason"),
              "created": record["created"]}
-    if number is None:
-        study.add_trial(optuna.trial.create_trial(state=state, value=value, params=params,
-                                                  distributions=distributions, user_attrs=attrs))
-        return
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    for k, v in attrs.items():
-        study._storage.set_trial_user_attr(trial._trial_id, k, v)
-    study.tell(number, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+    study.add_trial(optuna.trial.create_trial(state=state, value=value, params=params, distributions=distributions,
+                                              user_attrs=attrs))
 
 
-def start_running(study: optuna.Study, run_id: str, params: dict, distributions: dict) -> int:
-    """A RUNNING study trial for ``run_id``: the one a requeued job left behind, or a new one."""
-    for t in trials_by_run(study).get(run_id, []):
-        if t.state == TrialState.RUNNING:
-            return t.number
-    study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING, params=params, distributions=distributions,
-                                              user_attrs={"run_id": run_id}))
-    return max(t.number for t in trials_by_run(study)[run_id])
-
-
-def fail_stale(study: optuna.Study, run_id: str, reason: str) -> None:
-    for t in trials_by_run(study).get(run_id, []):
-        if t.state == TrialState.RUNNING:
-            study._storage.set_trial_user_attr(t._trial_id, "reason", reason)
-            study.tell(t.number, None, state=TrialState.FAIL, skip_if_finished=True)
+def _mirrored(trials: list[optuna.trial.FrozenTrial], record: dict) -> bool:
+    """Whether that very record (by its creation time) is among a run's finished study trials."""
+    return any(t.state.is_finished() and t.user_attrs.get("created") == record["created"] for t in trials)
 
 
 def mirror_record(study: optuna.Study, record: dict, params: dict, distributions: dict) -> None:
     """Add a finished study trial for a run record, unless that very record is already there."""
-    done = [t for t in trials_by_run(study).get(record["run_id"], []) if t.state.is_finished()]
-    if not any(t.user_attrs.get("created") == record["created"] for t in done):
-        record_outcome(study, record, params, distributions)
+    if not _mirrored(trials_by_run(study).get(record["run_id"], []), record):
+        _add_finished(study, record, params, distributions)
 
 
 def reconcile(study: optuna.Study, spec: SweepSpec, planned: list, states: dict[str, dict]) -> None:
-    """Make the study agree with the records: every final record mirrored, no RUNNING trial without a live run."""
+    """Make the study agree with the records: every final record mirrored once."""
     distributions = grid_distributions(spec)
+    by_run = trials_by_run(study)  # one read of the study for the whole sweep
     for p in planned:
         s = states[p.run_id]
-        if s.get("record") is not None and s["state"] in ("completed", "failed", "diverged"):
-            mirror_record(study, s["record"], {k: param_value(v) for k, v in p.axes.items()}, distributions)
-        if s["state"] not in ("running", "queued"):
-            fail_stale(study, p.run_id, "no live job")
+        record = s.get("record")
+        if (record is not None and s["state"] in ("completed", "failed", "diverged")
+                and not _mirrored(by_run.get(p.run_id, []), record)):
+            _add_finished(study, record, {k: param_value(v) for k, v in p.axes.items()}, distributions)

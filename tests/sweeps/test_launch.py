@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from experiments.records import read_run_record
-from sweeps.launch import read_ledger, run_sweep
+from sweeps.launch import run_sweep
 from sweeps.spec import expand, load_spec
-from sweeps.study import default_storage_url, load, trials_by_run
+from sweeps.study import load, trials_by_run
 
 from ..experiments.tiny import tiny
 
