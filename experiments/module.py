@@ -51,6 +51,7 @@ class LanguageModelTask(L.LightningModule):
         self.val_by_category: dict[str, float] = {}
         self.recent_losses: list[float] = []
         self.train_seconds = 0.0
+        self.step_seconds: list[float] = []  # this process's steps only (not checkpointed): the steady-state rate
         self._step_start: float | None = None
 
     def configure_model(self) -> None:
@@ -113,7 +114,9 @@ class LanguageModelTask(L.LightningModule):
         if self._step_start is not None:
             if torch.cuda.is_available() and self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            self.train_seconds += time.perf_counter() - self._step_start
+            seconds = time.perf_counter() - self._step_start
+            self.train_seconds += seconds
+            self.step_seconds.append(seconds)
 
     # -- validation -----------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

@@ -17,8 +17,9 @@ Run record fields:
     diverged_step the optimizer step at which the loss became NaN/inf (None otherwise)
     config        the full resolved trial config
     accounting    engram.budget.Counts.as_record() plus tokens and total_flops actually trained
-    metrics       train_loss, val_loss, val_loss_by_category, val_curve [[tokens, loss], ...], tokens_per_second,
-                  mfu, unigram_entropy (of the validation tokens, nats) and anything else the trainer measured
+    metrics       train_loss, val_loss, val_loss_by_category, val_curve [[tokens, loss], ...], tokens_per_second
+                  (over all steps), tokens_per_second_steady (after the first 10 steps of this process), mfu (of
+                  the steady rate), unigram_entropy (of the validation tokens, nats) and anything else the trainer measured
     checkpoint    path of the final checkpoint (relative to the run record's sweep folder) or None
     wall_time_s, device, versions {python, torch, lightning, ...}, git_commit, created (ISO time, UTC)
 

@@ -29,6 +29,7 @@ from experiments.config import TrainConfig, TrialConfig, resolve, trial_id
 from experiments.records import read_json, run_path, write_atomic
 
 REPO = Path(__file__).resolve().parents[1]
+WARMUP_STEPS_EXCLUDED = 10  # steps left out of tokens_per_second_steady
 
 
 def git_commit() -> str | None:
@@ -295,6 +296,8 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
     if leader:
         save_model(model_dir, task.model, resolved, corpus.tokenizer, state)
     tok_s = task.tokens_per_step * steps / max(task.train_seconds, 1e-9)
+    steady = task.step_seconds[WARMUP_STEPS_EXCLUDED:]
+    steady_tok_s = task.tokens_per_step * len(steady) / sum(steady) if steady else tok_s
     metrics = {
         "val_loss": task.val_curve[-1][1],
         "val_loss_by_category": task.val_by_category,
@@ -302,7 +305,9 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
         "train_loss": sum(task.recent_losses) / max(1, len(task.recent_losses)),
         "unigram_entropy": corpus.validation.unigram_entropy(),
         "tokens_per_second": tok_s,
-        "mfu": mfu(tok_s / t.world, counts.train_flops_per_token, device_name()),  # of each device's peak
+        # without the first steps (compilation, allocator and cuDNN warm-up): what a longer run would sustain
+        "tokens_per_second_steady": steady_tok_s,
+        "mfu": mfu(steady_tok_s / t.world, counts.train_flops_per_token, device_name()),  # of each device's peak
         "data": corpus.info,
     }
     base["checkpoint"] = str(model_dir)

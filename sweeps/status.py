@@ -43,7 +43,7 @@ def sweep_status(sweep: str, results: str | Path = "results", workdir: str | Pat
         loss = record.get("metrics", {}).get("val_loss")
         point = ", ".join(f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in t["axes"].items())
         detail = s.get("detail") or (f"job {s['job']['job_id']}" if s.get("job") else "")
-        lines.append(f"{t['run_id']:<12}  {s['state']:<9} {loss if loss is None else format(loss, '.4f'):>8}  "
+        lines.append(f"{t['run_id']:<12}  {s['state']:<9} {'-' if loss is None else format(loss, '.4f'):>8}  "
                      f"{point[:40]:<40} {detail or ''}")
     counts = Counter(s["state"] for s in states.values())
     lines.append("trials: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))

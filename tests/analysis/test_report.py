@@ -102,3 +102,17 @@ def test_markdown_and_latex_escape_their_special_characters():
     assert "x\\|y" in md and md.splitlines()[1] == "|---|---|"
     tex = tables.to_latex(df, caption="runs & fits", label="tab:x")
     assert "a\\_b" in tex and "50\\%" in tex and "runs \\& fits" in tex and "\\toprule" in tex
+
+
+def test_the_offline_packs_answer_the_benchmark_claims():
+    """The claims on benchmarks find the offline packs' records by task name (and those of lm-eval's own tasks)."""
+    by_id = {c["id"]: c for c in claims.load_claims()["claims"]}
+
+    def matches(claim_id: str, key: str, task: str) -> bool:
+        return task.startswith(tuple(by_id[claim_id][key]))
+
+    assert matches("longctx.mq_niah", "task_prefixes", "engram_niah_multiquery_512")
+    assert matches("longctx.mq_niah", "task_prefixes", "niah_multiquery")
+    assert matches("longctx.variable_tracking", "task_prefixes", "engram_vt_1024")
+    assert matches("sensitivity.factual_vs_reading", "factual_prefixes", "engram_world_knowledge_cloze")
+    assert matches("sensitivity.factual_vs_reading", "reading_prefixes", "engram_niah_single_512")

@@ -43,6 +43,8 @@ def test_tiny_trial_completes_and_learns(trained):
     curve = [loss for _, loss in m["val_curve"]]
     assert len(curve) == 3 and curve[-1] < curve[0]
     assert set(m["val_loss_by_category"]) <= set(m["data"]["categories"])
+    # 60 steps: the steady rate leaves out the first 10 (start-up), the overall rate counts them
+    assert m["tokens_per_second_steady"] > 0 and m["tokens_per_second"] > 0
     path = root / "results" / "_runs" / "runs" / f"{record['run_id']}.json"
     assert read_run_record(path)["run_id"] == record["run_id"] == trial_id(resolve(trial))
 

@@ -4,7 +4,8 @@ import pytest
 import yaml
 
 from engram.config import ConfigError
-from sweeps.launch import run_sweep
+from sweeps.launch import SweepPaths, prepare, run_sweep
+from sweeps.status import sweep_status
 from experiments.config import trial_id
 from sweeps.spec import SlurmSpec, expand, grid_points, load_spec, on_slurm
 from sweeps.study import grid_choices, grid_distributions, mirror_record, open_study
@@ -87,3 +88,12 @@ def test_a_slurm_layout_is_the_trials_and_keeps_its_run_id(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_spec(_spec(tmp_path, launch={"slurm": {"gpus_per_node": 4}}))  # one task per GPU
     assert err.value.field == "launch.slurm.tasks_per_node"
+
+
+def test_status_of_a_prepared_sweep_lists_every_trial_before_any_record(tmp_path):
+    path = _spec(tmp_path, grid={"rho": {"path": "budget.rho", "values": [0.5, 0.8]}})
+    spec = load_spec(path)
+    paths = SweepPaths(tmp_path / "results", tmp_path / "runs", spec.name)
+    prepare(spec, paths, expand(spec))
+    out = sweep_status(spec.name, tmp_path / "results", tmp_path / "runs")
+    assert out.count(" missing ") == 2 and "trials: 2 missing" in out  # no val_loss yet: shown as '-'
