@@ -162,7 +162,8 @@ def placement(df: pd.DataFrame, fits: dict, out_dir) -> list[Path]:
         fig, ax = plt.subplots(figsize=(COLUMN_IN, HEIGHT_IN))
         pos = {k: i for i, k in enumerate(labels)}
         lay = placement_layers(runs).map(lambda t: layer_name(t) if t else None)
-        sns.stripplot(x=lay.map(pos), y=runs[LOSS], ax=ax, native_scale=True, color="0.6", size=2, jitter=0.15)
+        jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(runs))  # seeded: a redrawn figure is the same
+        ax.scatter(lay.map(pos) + jitter, runs[LOSS], color="0.6", s=4, linewidth=0)
         for k, s in items:
             yerr = None if s["ci"] is None else [[s["mean"] - s["ci"][0]], [s["ci"][1] - s["mean"]]]
             best = k == str(f.get("best_layer"))

@@ -2,22 +2,24 @@
 on needle-in-a-haystack retrieval at short context? One trial trained (or an exported model taken), then evaluated
 through lm-eval with the Engram output on and off.
 
-Trains ``--config`` (default experiments/configs/smoke.yaml) through experiments.train.run_trial with the
-overrides below, or takes ``--ckpt`` (an exported model folder), then runs eval.run.evaluate on
+Trains ``--config`` (default: the allocation sweep's base trial, experiments/configs/allocation.yaml, at rho = 0.8;
+smoke.yaml for a smoke run) through experiments.train.run_trial with the overrides below, or takes ``--ckpt`` (an exported model folder), then runs eval.run.evaluate on
 
     engram_world_knowledge_cloze         the answer's text scored as the continuation of "Answer:" (chance 25 %)
     engram_world_knowledge               the same questions in MMLU's letter format (chance 25 %)
     engram_world_knowledge_cloze_top100  facts of the 100 most mentioned entities only (chance 25 %)
     engram_niah_{single,multikey,multiquery}_<L>   RULER-style retrieval, L = the model's context (chance ~0:
                                          7-digit numbers)
+    engram_needle_<L>                    the corpus's own needle documents (chance ~0: 5-digit codes)
 
 each with the memory on and off (the paper's sensitivity test), and writes results/eval/eval_synthetic.json: the
 command, the device and versions, the run's summary and each task's metric with its standard error, its chance level
 and z = (value - chance) / stderr. The eval records go beside the run record (results/<sweep>/evals/<run_id>/).
 
-The default overrides lengthen the context to 512 tokens (RULER's NIAH prompts take ~250-400 tokens of a
-2048-token vocabulary before any haystack, and the model should train at the length it is tested at) and train
-2e7 tokens; `--set` adds or replaces overrides. A completed trial is not trained again (run_trial returns its record).
+The default overrides train 2e7 tokens (five times the allocation sweep's smaller budget) at a 512-token context
+(RULER's NIAH prompts take ~250-400 tokens before any haystack, and the model should train at the length it is
+tested at); `--set` adds or replaces overrides. A completed trial is not trained again (run_trial returns its
+record); where its model folder is gone (another machine), train under another name: `--set sweep=<name>`.
 
     PYTHONPATH=. python3 benchmarks/eval_synthetic.py                              # on a GPU
     PYTHONPATH=. python3 benchmarks/eval_synthetic.py --set train.tokens=5e7 model.engram.rows=8009
@@ -36,8 +38,9 @@ from pathlib import Path
 from benchmarks.common import environment, smoke, table
 
 REPO = Path(__file__).resolve().parents[1]
-GPU_SET = ["sweep=eval_synthetic", "model.max_seq_len=512", "data.seq_len=512", "train.batch_size=32",
-           "train.tokens=2e7", "train.eval_every_tokens=5e6", "train.accelerator=auto"]
+GPU_SET = ["sweep=eval_synthetic", "budget.rho=0.8", "model.max_seq_len=512", "data.seq_len=512",
+           "train.batch_size=32", "train.compute=null", "train.tokens=2e7", "train.eval_every_tokens=5e6",
+           "train.accelerator=auto"]
 # Toy sizes for a CPU check of the script: the tests' tiny trial, still with a 512-token context for the NIAH prompts
 # (training at 64 tokens keeps it to seconds; a 512-token vocabulary needs ~450 tokens for multi-query NIAH).
 SMOKE_SET = ["sweep=eval_synthetic_smoke", "model.d_model=64", "model.n_layers=2", "model.n_heads=2",
@@ -47,7 +50,7 @@ SMOKE_SET = ["sweep=eval_synthetic_smoke", "model.d_model=64", "model.n_layers=2
              "train.eval_every_tokens=0", "train.val_tokens=2048", "train.accelerator=cpu", "train.progress_bar=false"]
 WORLD = {"engram_world_knowledge_cloze": 0.25, "engram_world_knowledge": 0.25,
          "engram_world_knowledge_cloze_top100": 0.25}
-NIAH = ("niah_single", "niah_multikey", "niah_multiquery")
+NIAH = ("niah_single", "niah_multikey", "niah_multiquery", "needle")
 
 
 def train_or_load(args, workdir: Path, results: Path) -> tuple[str, dict | None]:
@@ -57,10 +60,14 @@ def train_or_load(args, workdir: Path, results: Path) -> tuple[str, dict | None]
     from experiments.config import load_trial
     from experiments.train import run_trial
 
-    trial = load_trial(args.config, (SMOKE_SET if smoke() else GPU_SET) + args.overrides)
+    config = args.config or str(REPO / "experiments" / "configs" / ("smoke.yaml" if smoke() else "allocation.yaml"))
+    trial = load_trial(config, (SMOKE_SET if smoke() else GPU_SET) + args.overrides)
     record = run_trial(trial, results=results, workdir=workdir)
     if record["status"] != "completed":
         raise SystemExit(f"the trial ended {record['status']}: {record['reason']}")
+    if not Path(record["checkpoint"]).exists():
+        raise SystemExit(f"run {record['run_id']} is recorded as completed, but its model {record['checkpoint']} is "
+                         "not on this machine: train it again under another name (--set sweep=<name>) or pass --ckpt")
     return record["checkpoint"], record
 
 
@@ -80,7 +87,7 @@ def rows_of(records: list[dict], chance: dict[str, float]) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default=str(REPO / "experiments" / "configs" / "smoke.yaml"), help="trial YAML")
+    ap.add_argument("--config", default=None, help="trial YAML (default: allocation.yaml; smoke.yaml when smoke)")
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                     help="config overrides after the script's own (see the module docstring)")
     ap.add_argument("--ckpt", default=None, help="an exported model folder to evaluate instead of training")

@@ -35,8 +35,9 @@ def register(subparsers) -> None:
     p.add_argument("ckpt", help="model folder runs/<sweep>/<run_id>/model (or its run folder)")
     p.add_argument("--tasks", required=True,
                    help="comma-separated task names: engram_ruler_<L>, engram_niah_{single,multikey,multivalue,"
-                        "multiquery}_<L>, engram_vt_<L>, engram_world_knowledge[_cloze][_top<N>], engram_bbh_{fewshot,"
-                        "zeroshot}[_<task>], or lm-eval names (mmlu, bbh_fewshot, niah_single_1, ruler_vt, ...)")
+                        "multiquery}_<L>, engram_vt_<L>, engram_needle_<L>, engram_world_knowledge[_cloze][_top<N>], "
+                        "engram_bbh_{fewshot,zeroshot}[_<task>], or lm-eval names (mmlu, bbh_fewshot, niah_single_1, "
+                        "ruler_vt, ...)")
     p.add_argument("--limit", type=_limit, default=None, help="documents per task (N), or a fraction (0.1)")
     p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: each task's own)")
     p.add_argument("--max-gen-toks", type=int, default=None,

@@ -34,6 +34,10 @@ CATEGORIES = STATIC_CATEGORIES + DYNAMIC_CATEGORIES
 KIND = {**{c: "static" for c in STATIC_CATEGORIES}, **{c: "dynamic" for c in DYNAMIC_CATEGORIES}}
 # Needle documents are several times longer than the others, so they get half a share by default.
 DEFAULT_CATEGORY_WEIGHTS = {**{c: 1.0 for c in CATEGORIES}, "needle": 0.5}
+# A needle document: these sentences hidden in filler, then the question and, as its answer, the asked needle
+# (eval.tasks.ruler's engram_needle_<L> asks the same way).
+NEEDLE = "The secret code for {key} is {code}."
+NEEDLE_QUESTION = "Question: What is the secret code for {key}?\nAnswer: "
 
 # Every possible text is owned by one side, by its hash: training ("train") or held-out (any other split name). A
 # document drawn for the other side is redrawn, so no text is ever both a training and a held-out document. The
@@ -244,7 +248,7 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _pseudo_word(rng: random.Random, syllables: int) -> str:
+def pseudo_word(rng: random.Random, syllables: int) -> str:
     parts = []
     for i in range(syllables):
         onset = "" if i == 0 and rng.random() < 0.2 else _choose(rng, _ONSETS)
@@ -289,7 +293,7 @@ class SyntheticCorpus:
 
     def _word(self, rng: random.Random, lo: int = 2, hi: int = 3) -> str:
         while True:
-            word = _pseudo_word(rng, rng.randint(lo, hi))
+            word = pseudo_word(rng, rng.randint(lo, hi))
             if 4 <= len(word) <= 9 and word not in self._used_words:
                 self._used_words[word] = None
                 return word
@@ -492,7 +496,7 @@ class SyntheticCorpus:
         n_chains = max(2, self.cfg.bindings_per_doc // 2)
         names: dict[str, None] = {}
         while len(names) < n_chains * (self.cfg.max_hops + 1):
-            names[_pseudo_word(rng, 2).upper()] = None
+            names[pseudo_word(rng, 2).upper()] = None
         pool = iter(names)
         chains = []  # each chain: its variables in assignment order and its value
         for _ in range(n_chains):
@@ -527,8 +531,8 @@ class SyntheticCorpus:
     def _needle(self, rng: random.Random) -> str:
         keys: dict[str, None] = {}
         while len(keys) < 1 + self.cfg.needle_distractors:
-            keys[_pseudo_word(rng, 2)] = None
-        needles = [f"The secret code for {k} is {rng.randint(10000, 99999)}." for k in keys]
+            keys[pseudo_word(rng, 2)] = None
+        needles = [NEEDLE.format(key=k, code=rng.randint(10000, 99999)) for k in keys]
         sentences, words = [], 0
         while words < self.cfg.needle_words:
             sentences.append(self._filler(rng))
@@ -537,7 +541,7 @@ class SyntheticCorpus:
             sentences.insert(rng.randint(0, len(sentences)), needle)
         key = _choose(rng, list(keys))
         answer = needles[list(keys).index(key)]
-        return f"{' '.join(sentences)}\nQuestion: What is the secret code for {key}?\nAnswer: {answer}"
+        return f"{' '.join(sentences)}\n{NEEDLE_QUESTION.format(key=key)}{answer}"
 
     # ----------------------------------------------------------------------------------------------------------
     # Knowledge questions (MMLU format)

@@ -4,6 +4,7 @@ Offline packs (generated into ``$ENGRAM_LAB_CACHE/eval-tasks``, no download, det
 
     engram_niah_single_<L>, engram_niah_multikey_<L>, engram_niah_multivalue_<L>, engram_niah_multiquery_<L>,
     engram_vt_<L>, and the group engram_ruler_<L>               RULER-style, L tokens long (:mod:`.ruler`)
+    engram_needle_<L>                                           the synthetic corpus's own needle documents, L long
     engram_world_knowledge[_cloze][_top<N>]                     MMLU-format questions on the synthetic world
                                                                 (:mod:`.world`)
     engram_bbh_fewshot, engram_bbh_zeroshot and their tasks     BBH from local files (:mod:`.bbh`)
@@ -25,7 +26,7 @@ from eval.tasks.common import TaskError
 
 PACK_PREFIX = "engram_"
 PACK_NAMES = ("engram_niah_single_<L>", "engram_niah_multikey_<L>", "engram_niah_multivalue_<L>",
-              "engram_niah_multiquery_<L>", "engram_vt_<L>", "engram_ruler_<L>",
+              "engram_niah_multiquery_<L>", "engram_vt_<L>", "engram_ruler_<L>", "engram_needle_<L>",
               "engram_world_knowledge[_cloze][_top<N>]", "engram_bbh_fewshot[_<task>]",
               "engram_bbh_zeroshot[_<task>]")
 

@@ -10,6 +10,10 @@ Task names (L: the context length in tokens, e.g. ``engram_niah_single_512``):
                                 spread through the text, asked for every variable that holds n, after one worked
                                 example (the paper's VT)
     engram_ruler_<L>            the group of the five
+    engram_needle_<L>           not RULER's: the synthetic corpus's own needle documents (three keys with 5-digit
+                                codes in filler, one asked for, "The secret code for <key> is" to complete), so that
+                                a small model trained on that corpus is asked to retrieve in the form it learned;
+                                RULER's prompts are a format it never saw
 
 Needle counts, prompts (with their answer prefixes) and scoring are RULER's (Hsieh et al., 2024), as lm-eval's
 ``niah_single_1``, ``niah_multikey_1``, ``niah_multivalue``, ``niah_multiquery`` and ``ruler_vt`` set them. What
@@ -32,7 +36,7 @@ from eval.tasks.common import TEMPLATES, TaskError, build_once, json_task, seede
 from experiments import synthetic
 from experiments.tokenizer import Tokenizer
 
-NAME = re.compile(r"^engram_(niah_single|niah_multikey|niah_multivalue|niah_multiquery|vt|ruler)_(\d+)$")
+NAME = re.compile(r"^engram_(niah_single|niah_multikey|niah_multivalue|niah_multiquery|vt|ruler|needle)_(\d+)$")
 VERSION = 1  # of the generators below: bump when a generated document changes
 DEFAULT_SAMPLES = 500  # RULER's
 
@@ -51,7 +55,8 @@ class Needles:
 NIAH = {"niah_single": Needles(1, 1, 1, 32), "niah_multikey": Needles(4, 1, 1, 32),
         "niah_multivalue": Needles(1, 4, 1, 64), "niah_multiquery": Needles(4, 1, 4, 64)}
 VT_HOPS, VT_GEN_TOKS = 4, 48
-TASKS = (*NIAH, "vt")
+TASKS = (*NIAH, "vt")  # RULER's, the group engram_ruler_<L>
+CORPUS_NEEDLE_KEYS, CORPUS_NEEDLE_GEN_TOKS = 3, 16  # the corpus's default: one needle and two distractors
 
 NIAH_TEMPLATE = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. I will "
                  "quiz you about the numbers afterwards.\n{context}\nWhat are all the special magic numbers for "
@@ -174,14 +179,45 @@ def vt_document(length: int, tokenizer: Tokenizer, rng, what: str) -> dict:
     return {"input": fill(render, length - VT_GEN_TOKS, tokenizer, rng, what), "outputs": variables, "length": length}
 
 
+def corpus_needle_document(length: int, tokenizer: Tokenizer, rng, what: str) -> dict:
+    """A needle document of the synthetic corpus (:data:`experiments.synthetic.NEEDLE`), cut before the code."""
+    names: dict[str, None] = {}
+    while len(names) < CORPUS_NEEDLE_KEYS:
+        names[synthetic.pseudo_word(rng, 2)] = None
+    codes: dict[str, None] = {}
+    while len(codes) < CORPUS_NEEDLE_KEYS:
+        codes[str(rng.randint(10000, 99999))] = None
+    needles = [synthetic.NEEDLE.format(key=k, code=c) for k, c in zip(names, codes)]
+    depths = [rng.random() for _ in needles]
+    asked = rng.randrange(CORPUS_NEEDLE_KEYS)
+    key, code = list(names)[asked], list(codes)[asked]
+    answer_prefix = synthetic.NEEDLE.split("{code}")[0].format(key=key).rstrip()
+
+    def render(fillers: list[str]) -> str:
+        context = " ".join(insert(fillers, needles, depths))
+        return f"{context}\n{synthetic.NEEDLE_QUESTION.format(key=key)}{answer_prefix}"
+
+    return {"input": fill(render, length - CORPUS_NEEDLE_GEN_TOKS, tokenizer, rng, what), "outputs": [code],
+            "length": length}
+
+
+def gen_toks(task: str) -> int:
+    """The answer budget of ``task``, kept out of the prompt's share of its length."""
+    return {"vt": VT_GEN_TOKS, "needle": CORPUS_NEEDLE_GEN_TOKS}.get(task) or NIAH[task].gen_toks
+
+
 def documents(task: str, length: int, tokenizer: Tokenizer, samples: int, seed: int) -> list[dict]:
     """``samples`` documents of ``task`` at ``length`` tokens, each from its own seeded generator."""
     what = f"engram_{task}_{length}"
     out = []
     for index in range(samples):
         rng = seeded("ruler", VERSION, task, length, seed, index)
-        doc = vt_document(length, tokenizer, rng, what) if task == "vt" else \
-            niah_document(NIAH[task], length, tokenizer, rng, what)
+        if task == "vt":
+            doc = vt_document(length, tokenizer, rng, what)
+        elif task == "needle":
+            doc = corpus_needle_document(length, tokenizer, rng, what)
+        else:
+            doc = niah_document(NIAH[task], length, tokenizer, rng, what)
         out.append({**doc, "index": index})
     return out
 
@@ -190,13 +226,12 @@ def build_task(task: str, length: int, tokenizer: Tokenizer, samples: int | None
     """The folder of ``engram_<task>_<length>``: its task YAML and its JSONL data."""
     samples = samples or DEFAULT_SAMPLES
     name = f"engram_{task}_{length}"
-    gen_toks = VT_GEN_TOKS if task == "vt" else NIAH[task].gen_toks
 
     def write(out: Path, final: Path) -> None:
         write_jsonl(out / "test.jsonl", documents(task, length, tokenizer, samples, seed))
         write_yaml(out / f"{name}.yaml", json_task(
             TEMPLATES / "ruler_template.yaml", name, {"test": str(final / "test.jsonl")},
-            generation_kwargs={"do_sample": False, "temperature": 0.0, "until": [], "max_gen_toks": gen_toks},
+            generation_kwargs={"do_sample": False, "temperature": 0.0, "until": [], "max_gen_toks": gen_toks(task)},
             metadata={"version": VERSION, "length": length, "samples": samples, "seed": seed}))
 
     key = {"version": VERSION, "task": task, "length": length, "tokenizer": tokenizer.fingerprint(),
@@ -209,7 +244,7 @@ def build(name: str, tokenizer: Tokenizer, samples: int | None = None, seed: int
     match = NAME.match(name)
     if match is None:
         raise TaskError(f"{name} is not a RULER-style task name (engram_<task>_<length>, task one of "
-                         f"{', '.join(TASKS)} or ruler)")
+                         f"{', '.join(TASKS)}, ruler or needle)")
     task, length = match.group(1), int(match.group(2))
     if task != "ruler":
         return [build_task(task, length, tokenizer, samples, seed)]

@@ -9,8 +9,8 @@
 # 1. sweeps: every spec below with the local executor, several at once (tiny models leave one GPU mostly idle);
 # 2. benchmarks: the offline packs and the probes on the best Engram model of the allocation sweep and its
 #    iso-parameter MoE twin (rho = 1 at the same budget and seed): world knowledge (letter and cloze formats, all
-#    entities and the 100 most mentioned), NIAH at 512 tokens, BBH zero-shot (20 questions per task, answers cut at
-#    32 tokens); knowledge and single NIAH again with the Engram output off;
+#    entities and the 100 most mentioned), NIAH at 512 tokens (RULER's and the corpus's own needles), BBH zero-shot
+#    (20 questions per task, answers cut at 32 tokens); knowledge and needles again with the Engram output off;
 # 3. fits, figures and one report per sweep and one per corpus (results/_combined/), from the records alone.
 #
 # The real-text sweeps (*_text.yaml) read ../shared/data/text/gcide.jsonl.gz (their specs name the path).
@@ -52,11 +52,12 @@ from analysis.data import memory_and_twin
 a, b = memory_and_twin('$RESULTS', 'allocation')
 print(a['checkpoint'], b['checkpoint'])") || { echo "no completed Engram/MoE pair in the allocation sweep"; exit 1; }
   knowledge=engram_world_knowledge_cloze,engram_world_knowledge_cloze_top100
-  niah=engram_niah_single_512,engram_niah_multikey_512,engram_niah_multiquery_512
+  niah=engram_niah_single_512,engram_niah_multikey_512,engram_niah_multiquery_512,engram_needle_512
   for ckpt in "$ENGRAM_CKPT" "$TWIN_CKPT"; do
     $ENGRAM_LAB eval "$ckpt" --results "$RESULTS" --limit 200 \
       --tasks engram_world_knowledge,$knowledge,$niah
-    $ENGRAM_LAB eval "$ckpt" --results "$RESULTS" --limit 200 --memory off --tasks $knowledge,engram_niah_single_512
+    $ENGRAM_LAB eval "$ckpt" --results "$RESULTS" --limit 200 --memory off \
+      --tasks $knowledge,engram_niah_single_512,engram_needle_512
   done
   $ENGRAM_LAB probe "$ENGRAM_CKPT" --against "$TWIN_CKPT" --results "$RESULTS"
   for ckpt in "$ENGRAM_CKPT" "$TWIN_CKPT"; do
@@ -69,7 +70,9 @@ if [[ " $STAGES " == *" analysis "* ]]; then
   for corpus in "" -text; do  # a report per sweep, and one per corpus over all its sweeps: every claim in one table
     pooled=()
     for s in allocation memory-scaling placement ablation; do
-      if [ -d "$RESULTS/$s$corpus" ]; then pooled+=("$s$corpus"); $ENGRAM_LAB report "$s$corpus" --results "$RESULTS"; fi
+      [ -d "$RESULTS/$s$corpus" ] || continue
+      pooled+=("$s$corpus")
+      $ENGRAM_LAB report "$s$corpus" --results "$RESULTS"
     done
     if [ ${#pooled[@]} -gt 1 ]; then $ENGRAM_LAB report "${pooled[@]}" --results "$RESULTS"; fi
   done

@@ -44,6 +44,13 @@ def test_every_output_is_written(regenerated):
     assert all(p.stat().st_size > 0 for p in written["figures"])
 
 
+def test_redrawing_from_the_same_records_gives_the_same_figures(regenerated):
+    results, written, _ = regenerated
+    before = {p.name: p.read_bytes() for p in written["figures"]}
+    again = paper_figures.analyse(results, [SWEEP], steps=("figures",), n_boot=500)["figures"]
+    assert {p.name: p.read_bytes() for p in again} == before
+
+
 def test_report_has_every_section_claim_and_working_figure_links(regenerated):
     results, written, _ = regenerated
     text = (results / SWEEP / "report.md").read_text()

@@ -1,6 +1,7 @@
 """The offline task packs: their generators, and each pack end to end through lm-eval on the tiny checkpoint."""
 
 import json
+import re
 
 import pytest
 from lm_eval.api.metrics import exact_match_hf_evaluate
@@ -15,12 +16,12 @@ from .conftest import CONTEXT
 
 
 # -- RULER-style ------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("task", ruler.TASKS)
+@pytest.mark.parametrize("task", (*ruler.TASKS, "needle"))
 def test_ruler_documents_fit_their_length_hold_their_needles_and_repeat_from_the_seed(lm, task):
     docs = ruler.documents(task, CONTEXT, lm.tokenizer, samples=3, seed=7)
     assert docs == ruler.documents(task, CONTEXT, lm.tokenizer, samples=3, seed=7)
     assert docs != ruler.documents(task, CONTEXT, lm.tokenizer, samples=3, seed=8)
-    gen_toks = ruler.VT_GEN_TOKS if task == "vt" else ruler.NIAH[task].gen_toks
+    gen_toks = ruler.gen_toks(task)
     expected_answers = {"vt": ruler.VT_HOPS + 1, "niah_multivalue": 4, "niah_multiquery": 4}.get(task, 1)
     for doc in docs:
         n_tokens = len(lm.tokenizer.encode(doc["input"]))
@@ -28,6 +29,19 @@ def test_ruler_documents_fit_their_length_hold_their_needles_and_repeat_from_the
         assert len(doc["outputs"]) == expected_answers
         context = doc["input"].rsplit("\n", 1)[0]  # the haystack holds every answer; the question does not
         assert all(answer in context for answer in doc["outputs"])
+
+
+def test_the_corpus_needle_task_asks_as_the_corpus_trains(lm):
+    """engram_needle_<L> is a needle document of the synthetic corpus cut before its code: completed with the code,
+    its question and answer read as the training documents' do, and the code is in the haystack once."""
+    ending = re.compile(r"\nQuestion: What is the secret code for (\w+)\?\nAnswer: The secret code for \1 is \d{5}\.$")
+    corpus = SyntheticCorpus(lm.trial.data.synthetic)
+    trained = next(text for text, category in corpus.documents("train") if category == "needle")
+    assert ending.search(trained)
+    for doc in ruler.documents("needle", CONTEXT, lm.tokenizer, samples=3, seed=0):
+        (code,) = doc["outputs"]
+        key = ending.search(f"{doc['input']} {code}.").group(1)
+        assert doc["input"].count(f"The secret code for {key} is {code}.") == 1
 
 
 def test_ruler_refuses_a_length_too_short_for_its_prompt(lm):
@@ -41,12 +55,14 @@ def test_ruler_recall_is_the_share_of_answers_in_the_generation():
     assert ruler_recall(doc, ["nothing"]) == {"recall": 0.0}
 
 
-def test_ruler_group_runs_end_to_end(checkpoint, tmp_path):
-    records, out = evaluate(checkpoint, [f"engram_ruler_{CONTEXT}"], limit=1, device="cpu", results=tmp_path,
-                            options=TaskOptions(samples=4), gen_kwargs={"max_gen_toks": 8})  # 8: CPU time
+def test_ruler_group_and_the_corpus_needles_run_end_to_end(checkpoint, tmp_path):
+    records, out = evaluate(checkpoint, [f"engram_ruler_{CONTEXT}", f"engram_needle_{CONTEXT}"], limit=1,
+                            device="cpu", results=tmp_path, options=TaskOptions(samples=4),
+                            gen_kwargs={"max_gen_toks": 8})  # 8: CPU time
     by_task = {r["task"]: r for r in records}
-    assert set(by_task) == {f"engram_{t}_{CONTEXT}" for t in ruler.TASKS} | {f"engram_ruler_{CONTEXT}"}
-    for task in ruler.TASKS:
+    tasks = (*ruler.TASKS, "needle")
+    assert set(by_task) == {f"engram_{t}_{CONTEXT}" for t in tasks} | {f"engram_ruler_{CONTEXT}"}
+    for task in tasks:
         rec = by_task[f"engram_{task}_{CONTEXT}"]
         assert 0.0 <= rec["metrics"]["recall"]["value"] <= 1.0 and rec["n_samples"] == 1
         assert out["configs"][rec["task"]]["generation_kwargs"]["until"] == []  # RULER: end-of-text only
