@@ -27,11 +27,11 @@ for stage in $STAGES; do
 done
 
 sweep() {  # a sweep that ends with failed trials still has its records; a rerun submits them again
+  mkdir -p "$RESULTS/logs"
   $ENGRAM_LAB sweep "sweeps/specs/$1.yaml" --results "$RESULTS" --workdir "$WORKDIR" --no-analysis --retry-failed \
     > "$RESULTS/logs/sweep-$1.log" 2>&1 || echo "sweep $1 ended with trials not completed (see its log)"
 }
 
-mkdir -p "$RESULTS/logs"
 if [[ " $STAGES " == *" sweeps "* ]]; then
   # most decisive first; each wave keeps under ~22 trials at once (each holds ~3 GB of an 80 GB GPU)
   sweep allocation & sweep allocation_text & wait
