@@ -39,7 +39,7 @@ from engram.memory import Engram
 from engram.model import EngramLM
 from experiments.config import TrialConfig
 from experiments.data import ValidationSet, materialise
-from experiments.records import probe_path, write_atomic
+from experiments.records import portable_path, probe_path, write_atomic
 from experiments.synthetic import KIND, SyntheticCorpus
 from experiments.tokenizer import Tokenizer
 
@@ -426,10 +426,10 @@ def run_probes(ckpt: str | Path, *, against: str | Path | None = None, probes: I
     run = ProbeRun([], [], [])
 
     def write(kind: str, subject: Subject, data: dict, other: Subject | None = None, **extra) -> None:
-        against_fields = (other.run_id, other.label, str(other.folder.resolve())) if other else (None, None, None)
+        against_fields = (other.run_id, other.label, portable_path(other.folder)) if other else (None, None, None)
         rec = {"kind": kind, "run_id": subject.run_id, "sweep": subject.sweep, "label": subject.label,
                **dict(zip(("against", "against_label", "against_checkpoint"), against_fields)),
-               "checkpoint": str(subject.folder.resolve()),
+               "checkpoint": portable_path(subject.folder),
                "settings": {**asdict(settings), "seq_len": seq_len, "device": str(_device(subject.model)), **extra},
                "data": data, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         path = probe_path(results, subject.sweep, subject.run_id, kind, against_fields[0])

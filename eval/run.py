@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from experiments.config import trial_id
-from experiments.records import eval_path, write_atomic
+from experiments.records import eval_path, portable_path, write_atomic
 
 RUN_ID = re.compile(r"[0-9a-f]{12}")  # experiments.records.run_id: 12 hex digits
 
@@ -91,7 +91,7 @@ def eval_records(out: dict, lm, limit: float | None) -> list[dict]:
             "run_id": rid, "sweep": sweep, "task": task,
             "task_version": out.get("versions", {}).get(task), "num_fewshot": out.get("n-shot", {}).get(task),
             "limit": limit, "lm_eval_version": lm_eval.__version__, "memory": lm.memory,
-            "metrics": metrics(values), "n_samples": _n_samples(out, task), "checkpoint": str(lm.ckpt.resolve()),
+            "metrics": metrics(values), "n_samples": _n_samples(out, task), "checkpoint": portable_path(lm.ckpt),
             "created": created,
         })
     return records

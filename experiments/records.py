@@ -20,17 +20,18 @@ Run record fields:
     metrics       train_loss, val_loss, val_loss_by_category, val_curve [[tokens, loss], ...], tokens_per_second
                   (over all steps), tokens_per_second_steady (after the first 10 steps of this process), mfu (of
                   the steady rate), unigram_entropy (of the validation tokens, nats) and anything else the trainer measured
-    checkpoint    path of the final checkpoint (relative to the run record's sweep folder) or None
+    checkpoint    the final model folder, ``<workdir>/<sweep>/<run_id>/model`` as the trainer was given its workdir
+                  (relative to the working directory with the default ``runs``), or None
     wall_time_s, device, versions {python, torch, lightning, ...}, git_commit, created (ISO time, UTC)
 
 Eval record fields: run_id, sweep, task, task_version, num_fewshot, limit, lm_eval_version, memory ("on" | "off"),
-metrics {metric: {"value": v, "stderr": s}}, checkpoint, created.
+metrics {metric: {"value": v, "stderr": s}}, checkpoint (the model folder, :func:`portable_path`), created.
 
 Probe record fields (the mechanistic probes of PAPER.md section 6, written by :mod:`eval.probes`):
     kind          logit_lens | cka | gate | memory_off
     run_id, sweep the probed checkpoint's run;  label: its name in legends ("engram (rho=0.8)", "moe (rho=1.0)")
     against, against_label   the other checkpoint's run id and label (cka), else None
-    checkpoint, against_checkpoint   model folders;  settings: what the probe ran with (tokens, seq_len, ...)
+    checkpoint, against_checkpoint   model folders (:func:`portable_path`);  settings: what the probe ran with (tokens, seq_len, ...)
     created
     data          logit_lens: {layers, names, kl: [KL(final output || layer read through the head)], n_tokens}
                   cka:        {rows, cols (labels), row_names, col_names, matrix [[CKA(layer i of run_id, layer j
@@ -155,6 +156,16 @@ def read_probe_record(path: str | Path) -> dict:
     if lacking:
         raise RecordError(f"{path}: {data['kind']} probe data lacks {', '.join(lacking)}")
     return data
+
+
+def portable_path(path: str | Path) -> str:
+    """``path`` relative to the working directory where it lies inside it (so a record names the same checkpoint on
+    any machine that runs from a checkout), else absolute."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
 
 
 def run_path(results: str | Path, sweep: str, rid: str) -> Path:

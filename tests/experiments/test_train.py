@@ -224,3 +224,12 @@ def test_ranks_started_together_all_stop_when_the_trial_is_busy(tmp_path):
     assert out.returncode != 0
     assert "rank 0 found it locked" in out.stderr and "being trained by another process" in out.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_records_name_checkpoints_inside_the_working_directory_relatively(tmp_path, monkeypatch):
+    from experiments.records import portable_path
+
+    (tmp_path / "runs" / "model").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert portable_path(tmp_path / "runs" / "model") == portable_path("runs/model") == "runs/model"
+    assert portable_path("/elsewhere/model") == "/elsewhere/model"
