@@ -27,7 +27,7 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
 from analysis import stats
-from analysis.data import eval_columns, split_eval_column
+from analysis.data import eval_columns, split_eval_column, task_is
 from analysis.fits import budget_order
 
 CLAIMS_FILE = Path(__file__).with_name("paper_claims.yaml")
@@ -442,7 +442,7 @@ def _eval_groups(df: pd.DataFrame, prefixes, memory_off: bool) -> dict[tuple[str
     out = {}
     for col in eval_columns(df):
         task, metric, off = split_eval_column(col)
-        if off == memory_off and task.lower().startswith(tuple(p.lower() for p in prefixes)):
+        if off == memory_off and task_is(task, prefixes):
             out[(task, metric)] = col
     return out
 

@@ -191,6 +191,12 @@ def eval_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c.startswith("eval/") and not c.endswith("_stderr")]
 
 
+def task_is(task: str, prefixes) -> bool:
+    """Whether ``task`` starts with one of ``prefixes``, an offline pack's ``engram_`` name read as the task it
+    mirrors (``engram_niah_multiquery_512`` is a ``niah_multiquery``; see eval.tasks.PACK_PREFIX)."""
+    return task.lower().removeprefix("engram_").startswith(tuple(p.lower() for p in prefixes))
+
+
 def split_eval_column(col: str) -> tuple[str, str, bool]:
     """``eval/<task>[__memory_off]/<metric>`` -> (task, metric, memory_off)."""
     _, task, metric = col.split("/", 2)

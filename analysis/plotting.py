@@ -28,13 +28,13 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from analysis import stats  # noqa: E402
-from analysis.data import completed_runs, eval_columns, split_eval_column  # noqa: E402
+from analysis.data import completed_runs, eval_columns, split_eval_column, task_is  # noqa: E402
 from analysis.fits import LOSS, layer_name, placement_layers  # noqa: E402
 
 COLUMN_IN = 3.5
 PAGE_IN = 7.0
 HEIGHT_IN = 2.4
-LONG_CONTEXT_PREFIXES = ("niah", "ruler", "vt", "mq")
+LONG_CONTEXT_PREFIXES = ("niah", "ruler", "vt", "mq", "needle")
 FONT = {"font.size": 7, "axes.labelsize": 7, "axes.titlesize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
         "legend.fontsize": 7, "legend.title_fontsize": 7, "lines.linewidth": 1.0, "lines.markersize": 3.5,
         "axes.linewidth": 0.6, "savefig.dpi": 300, "pdf.fonttype": 42}
@@ -91,7 +91,7 @@ def u_curves(df: pd.DataFrame, fits: dict, out_dir) -> list[Path]:
             g = runs[bcol == budget]
             sns.scatterplot(x=g["accounting.rho"], y=g[LOSS], ax=ax, color=color, alpha=0.35, s=8, linewidth=0,
                             legend=False)
-            pts = pd.DataFrame(f["points"])
+            pts = pd.DataFrame(f["points"], columns=["rho", "mean", "sd", "n"])  # none for a run without a budget
             se = pts["sd"] / np.sqrt(pts["n"])
             ax.errorbar(pts["rho"], pts["mean"], yerr=se.where(pts["n"] > 1), fmt="o", color=color, capsize=1.5,
                         label="mean ± s.e. over seeds")
@@ -208,7 +208,7 @@ def long_context_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for col in eval_columns(df):
         task, metric, off = split_eval_column(col)
-        if not task.lower().startswith(LONG_CONTEXT_PREFIXES):
+        if not task_is(task, LONG_CONTEXT_PREFIXES):
             continue
         sub = df[["model", col, f"{col}_stderr"]].dropna(subset=[col])
         for model, g in sub.groupby("model"):
@@ -220,7 +220,7 @@ def long_context_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def long_context(df: pd.DataFrame, out_dir) -> list[Path]:
-    """Grouped bars of long-context eval metrics (tasks named niah*, ruler*, vt*, mq*) by model."""
+    """Grouped bars of long-context eval metrics (tasks named niah*, ruler*, vt*, mq*, needle*) by model."""
     t = long_context_table(df)
     if t.empty:
         return []
@@ -235,7 +235,8 @@ def long_context(df: pd.DataFrame, out_dir) -> list[Path]:
             x = np.arange(len(labels)) + (j - (len(models) - 1) / 2) * width
             ax.bar(x, g["value"], width, yerr=g["error"], color=color, label=model, capsize=1.0,
                    error_kw={"linewidth": 0.6})
-        ax.set_xticks(range(len(labels)), labels)
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")  # task names are long
+        ax.set_ylim(0, 1)  # recall and accuracy: a zero bar reads as zero, not as an empty axis
         ax.set_ylabel("score")
         ax.legend(frameon=False, ncols=min(3, len(models)), loc="lower center", bbox_to_anchor=(0.5, 1.0))
         sns.despine(fig)

@@ -150,6 +150,7 @@ def capacity(rank: int, world: int, row_dim: int, reads_per_token: int) -> dict:
             ids = torch.randint(0, rows, (1, reads, 1), device=dev)
             reader.read([ids], [tables])[0].float().square().mean().backward()
             opt.step()
+            del tables, opt, ids  # all references, so that the cache below can return their memory
         del state
         if dev.type == "cuda":
             torch.cuda.empty_cache()

@@ -14,8 +14,9 @@ rank that reads it, not once per token.
 
 1. each rank hashes its own batch into row ids (P, duplicates included), encodes each (layer, row) as a key that
    sorts by owner, then layer, then local row, and keeps the U distinct keys;
-2. all-to-all of the [W, L] request counts — read on the host, since they are the next exchanges' split sizes (the
-   step's one host sync) — then of the local row ids: each rank learns the Q rows its peers want from it;
+2. all-to-all of the [W, L] request counts — read on the host, since they are the next exchanges' split sizes (one
+   of the exchange's host syncs; ``torch.unique``'s output size is the other) — then of the local row ids: each rank
+   learns the Q rows its peers want from it;
 3. the owner gathers them (one ``index_select`` per layer) and all-to-all sends them back in the read dtype (bf16
    under autocast: half the bytes of an fp32 table); the requester expands its U rows to the P it read;
 4. backward mirrors it: the P gradient rows are summed into U in float32, one all-to-all returns them to the

@@ -237,9 +237,10 @@ class EngramEvalLM(LM):
                 if token == self.eot_token_id:
                     continue
                 generated[i].append(token)
-                text = self.tokenizer.decode(generated[i])
                 full = len(contexts[i]) + len(generated[i]) >= self.max_length
-                if not full and not any(s and s in text for s in until):
+                text = self.tokenizer.decode(generated[i]) if until else ""  # RULER's tasks stop at end-of-text only
+                stopped = any(s and s in text for s in until)
+                if not full and not stopped:
                     still.append(i)
             active = still
             if not active:

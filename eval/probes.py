@@ -133,6 +133,14 @@ def unbiased_hsic(grams_a: torch.Tensor, grams_b: torch.Tensor) -> torch.Tensor:
     return (trace + sums / ((n - 1) * (n - 2)) - 2 / (n - 2) * (rows_a @ rows_b.T)) / (n * (n - 3))
 
 
+def self_hsic(grams: torch.Tensor) -> torch.Tensor:
+    """HSIC_1 of each layer with itself [L]: the diagonal of ``unbiased_hsic(grams, grams)``, without the L^2 pairs."""
+    n = grams.shape[-1]
+    rows = grams.sum(-1)
+    return (grams.square().sum((1, 2)) + rows.sum(-1) ** 2 / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * rows.square().sum(-1)) / (n * (n - 3))
+
+
 @torch.no_grad()
 def cka_states(pairs: Iterable[tuple[list[torch.Tensor], list[torch.Tensor]]]) -> np.ndarray:
     """Linear CKA [La, Lb] from minibatches of (layers of A, layers of B) on the same tokens.
@@ -145,8 +153,8 @@ def cka_states(pairs: Iterable[tuple[list[torch.Tensor], list[torch.Tensor]]]) -
     for states_a, states_b in pairs:
         grams_a, grams_b = _grams(states_a), _grams(states_b)
         cross = cross + unbiased_hsic(grams_a, grams_b)
-        self_a = self_a + unbiased_hsic(grams_a, grams_a).diagonal()
-        self_b = self_b + unbiased_hsic(grams_b, grams_b).diagonal()
+        self_a = self_a + self_hsic(grams_a)
+        self_b = self_b + self_hsic(grams_b)
     return (cross / torch.outer(self_a, self_b).sqrt()).cpu().numpy()
 
 

@@ -40,15 +40,21 @@ def save_model(folder: str | Path, model: EngramLM, trial: TrialConfig, tokenize
     return folder
 
 
+def _model_folder(folder: str | Path) -> Path:
+    folder = Path(folder)
+    if not (folder / "model.pt").exists():
+        raise FileNotFoundError(f"{folder} is not a model folder (no model.pt); pass runs/<sweep>/<run_id>/model (a "
+                                "run record names its model as the machine that trained it saved it)")
+    return folder
+
+
 def load_trial_config(folder: str | Path) -> TrialConfig:
-    return build(TrialConfig, json.loads((Path(folder) / "config.json").read_text()))
+    return build(TrialConfig, json.loads((_model_folder(folder) / "config.json").read_text()))
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[EngramLM, Tokenizer, TrialConfig]:
     """The model (eval mode, on ``device``), its tokenizer and the trial config it was trained with."""
-    folder = Path(folder)
-    if not (folder / "model.pt").exists():
-        raise FileNotFoundError(f"{folder} is not a model folder (no model.pt); pass runs/<sweep>/<run_id>/model")
+    folder = _model_folder(folder)
     trial = load_trial_config(folder)
     payload = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
     comp = Compression(tuple(payload["compression_lookup"].tolist()), int(payload["compression_size"]))

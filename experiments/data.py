@@ -5,7 +5,7 @@ category ids, cached by content hash under ``$ENGRAM_LAB_CACHE`` (default ``~/.c
 split is cached once per data config, whatever the token budget: a trial that needs fewer tokens than a cached
 stream holds cuts exactly what it would have materialised from it (the trials of one sweep differ in budget by a
 few tokens and would otherwise each tokenise their own copy), and trials started together wait for the one that
-builds the cache instead of each building it. Training
+builds the token arrays instead of each building them (each still trains, or reads, the tokenizer). Training
 batches are addressed by step: sequence k of the run is chunk ``perm_e[k mod C]`` of epoch ``e = k // C`` (C chunks
 of ``seq_len + 1`` tokens, a seeded permutation per epoch), so a resumed run reads exactly the batches an
 uninterrupted one would, on any number of devices. Validation is a fixed prefix of the validation split.
@@ -15,9 +15,7 @@ Shapes: B batch, T sequence length.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 
 from engram.config import ConfigError
+from experiments.records import waiting_lock
 from experiments.synthetic import CATEGORIES, SyntheticConfig, SyntheticCorpus
 from experiments.text import is_validation, iter_file_documents, iter_hub_documents
 from experiments.tokenizer import Tokenizer, cache_dir, load_named, train_bpe
@@ -187,15 +186,19 @@ def _key(cfg: DataConfig, tok: Tokenizer, val_tokens: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _read_cached(path: Path) -> tuple[TokenSplit, TokenSplit] | None:
+def _read_cached(path: Path, train_tokens: int) -> tuple[TokenSplit | None, TokenSplit | None]:
+    """(the training stream cut to ``train_tokens``, or None where the cache holds less; the validation split), or
+    (None, None) without a cache. Only the cut part is widened to int32."""
     if not path.exists():
-        return None
+        return None, None
     with np.load(path) as z:
         meta = json.loads(str(z["meta"]))
-        return (TokenSplit(z["train"].astype(np.int32), z["train_cats"], meta["names"], meta["train_documents"],
-                           z["train_ends"], meta["train_complete"]),
-                TokenSplit(z["val"].astype(np.int32), z["val_cats"], meta["names"], meta["validation_documents"],
-                           z["val_ends"], meta["validation_complete"]))
+        stored = TokenSplit(z["train"], z["train_cats"], meta["names"], meta["train_documents"], z["train_ends"],
+                            meta["train_complete"])
+        val = TokenSplit(z["val"].astype(np.int32), z["val_cats"], meta["names"], meta["validation_documents"],
+                         z["val_ends"], meta["validation_complete"])
+    train = stored.prefix(train_tokens)
+    return (None if train is None else dataclasses.replace(train, tokens=train.tokens.astype(np.int32))), val
 
 
 def _write_cached(path: Path, train: TokenSplit, val: TokenSplit) -> None:
@@ -213,17 +216,6 @@ def _write_cached(path: Path, train: TokenSplit, val: TokenSplit) -> None:
     os.replace(tmp, path)  # atomic: an interrupted build leaves the old stream whole
 
 
-@contextlib.contextmanager
-def _build_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.stem}.lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def load_corpus(cfg: DataConfig, train_tokens: int, val_tokens: int) -> Corpus:
     """The tokenizer and both splits, cut from the cache when a long enough stream was materialised before.
 
@@ -234,15 +226,15 @@ def load_corpus(cfg: DataConfig, train_tokens: int, val_tokens: int) -> Corpus:
     if cfg.source != "synthetic":
         train_tokens = cfg.max_train_tokens
     path = cache_dir() / "tokens" / f"{_key(cfg, tok, val_tokens)}.npz"
-    with _build_lock(path):
-        cached = _read_cached(path)
-        train = cached[0].prefix(train_tokens) if cached else None
-        if train is None:
-            train = materialise(cfg, tok, "train", train_tokens)
-            val = cached[1] if cached else materialise(cfg, tok, "validation", val_tokens)
-            _write_cached(path, train, val)
-        else:
-            val = cached[1]
+    train, val = _read_cached(path, train_tokens)
+    if train is None:
+        with waiting_lock(path.with_name(f".{path.stem}.lock")):  # one of the trials started together builds it
+            train, val = _read_cached(path, train_tokens)  # the others read what it built
+            if train is None:
+                train = materialise(cfg, tok, "train", train_tokens)
+                if val is None:
+                    val = materialise(cfg, tok, "validation", val_tokens)
+                _write_cached(path, train, val)
     if int(train.tokens.max()) >= cfg.vocab_size:
         raise ConfigError("data.vocab_size", f"token id {int(train.tokens.max())} exceeds the vocabulary")
     info = {

@@ -19,9 +19,9 @@ Run record fields:
     accounting    engram.budget.Counts.as_record() plus tokens and total_flops actually trained
     metrics       train_loss, val_loss, val_loss_by_category, val_curve [[tokens, loss], ...], tokens_per_second
                   (over all steps), tokens_per_second_steady (after the first 10 steps of this process), mfu (of
-                  the steady rate), unigram_entropy (of the validation tokens, nats) and anything else the trainer measured
-    checkpoint    the final model folder, ``<workdir>/<sweep>/<run_id>/model`` as the trainer was given its workdir
-                  (relative to the working directory with the default ``runs``), or None
+                  the steady rate), unigram_entropy (of the validation tokens, nats) and anything else the trainer
+                  measured
+    checkpoint    the final model folder ``<workdir>/<sweep>/<run_id>/model`` (:func:`portable_path`), or None
     wall_time_s, device, versions {python, torch, lightning, ...}, git_commit, created (ISO time, UTC)
 
 Eval record fields: run_id, sweep, task, task_version, num_fewshot, limit, lm_eval_version, memory ("on" | "off"),
@@ -31,7 +31,8 @@ Probe record fields (the mechanistic probes of PAPER.md section 6, written by :m
     kind          logit_lens | cka | gate | memory_off
     run_id, sweep the probed checkpoint's run;  label: its name in legends ("engram (rho=0.8)", "moe (rho=1.0)")
     against, against_label   the other checkpoint's run id and label (cka), else None
-    checkpoint, against_checkpoint   model folders (:func:`portable_path`);  settings: what the probe ran with (tokens, seq_len, ...)
+    checkpoint, against_checkpoint   model folders (:func:`portable_path`)
+    settings      what the probe ran with (tokens, seq_len, ...)
     created
     data          logit_lens: {layers, names, kl: [KL(final output || layer read through the head)], n_tokens}
                   cka:        {rows, cols (labels), row_names, col_names, matrix [[CKA(layer i of run_id, layer j
@@ -47,6 +48,8 @@ Probe record fields (the mechanistic probes of PAPER.md section 6, written by :m
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -156,6 +159,20 @@ def read_probe_record(path: str | Path) -> dict:
     if lacking:
         raise RecordError(f"{path}: {data['kind']} probe data lacks {', '.join(lacking)}")
     return data
+
+
+@contextlib.contextmanager
+def waiting_lock(path: str | Path):
+    """Hold an exclusive lock on the file ``path`` (created with its folder), waiting for any other holder; the
+    kernel releases it when its holder dies, so it never goes stale."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def portable_path(path: str | Path) -> str:

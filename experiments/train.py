@@ -26,7 +26,7 @@ import torch
 from engram.budget import count
 from engram.device import device_name, mfu
 from experiments.config import TrainConfig, TrialConfig, resolve, trial_id
-from experiments.records import read_json, run_path, write_atomic
+from experiments.records import portable_path, read_json, run_path, write_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_STEPS_EXCLUDED = 10  # steps left out of tokens_per_second_steady
@@ -310,5 +310,5 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
         "mfu": mfu(steady_tok_s / t.world, counts.train_flops_per_token, device_name()),  # of each device's peak
         "data": corpus.info,
     }
-    base["checkpoint"] = str(model_dir)
+    base["checkpoint"] = portable_path(model_dir)
     return finish("completed", metrics)

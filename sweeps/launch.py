@@ -16,9 +16,7 @@ ledger and waits for them instead of submitting again.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import fcntl
 import json
 import os
 import subprocess
@@ -31,7 +29,7 @@ import submitit
 
 from engram.config import build
 from experiments.config import TrialConfig
-from experiments.records import read_json, run_path, write_atomic
+from experiments.records import read_json, run_path, waiting_lock, write_atomic
 from experiments.train import TrialBusy, TrialFailed, run_trial, trial_dir, trial_lock
 from sweeps.plan import format_plan, plan_rows
 from sweeps.spec import PlannedTrial, SweepSpec, expand, load_spec, on_slurm, spec_text
@@ -223,17 +221,10 @@ def record_lost(paths: SweepPaths, p: PlannedTrial, detail: str) -> dict:
     return record
 
 
-@contextlib.contextmanager
 def driver_lock(paths: SweepPaths):
     """Serialises the check-and-submit step of concurrent drivers of one sweep, and their study updates with those
     of the trial jobs (each waits for the other)."""
-    paths.work.mkdir(parents=True, exist_ok=True)
-    with open(paths.work / ".driver.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return waiting_lock(paths.work / ".driver.lock")
 
 
 # -- executors ---------------------------------------------------------------------------------------------------

@@ -57,7 +57,6 @@ class PreparedTasks:
     """Requested names split into those our generated ``folders`` serve (``local``) and lm-eval's built-ins
     (``hub``), with the ``metadata`` lm-eval's RULER tasks read."""
 
-    names: list[str]
     folders: list[Path] = field(default_factory=list)
     local: list[str] = field(default_factory=list)
     hub: list[str] = field(default_factory=list)
@@ -124,7 +123,7 @@ def prepare(names: list[str], lm, options: TaskOptions | None = None) -> Prepare
     missing = [n for n in unserved if n.startswith(PACK_PREFIX)]
     if missing:
         raise TaskError(f"{', '.join(missing)}: no such task in the offline packs ({', '.join(PACK_NAMES)})")
-    prepared = PreparedTasks(list(names), folders, [n for n in names if n in served], unserved)
+    prepared = PreparedTasks(folders, [n for n in names if n in served], unserved)
     if unserved:  # lm-eval's own RULER tasks size their prompts with the checkpoint's tokenizer
         prepared.metadata = {"tokenizer": str(hf_tokenizer(lm.tokenizer, lm.max_length)),
                              "max_seq_lengths": options.ruler_lengths or [lm.max_length]}

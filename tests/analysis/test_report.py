@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from analysis import claims, paper_figures, report, tables
+from analysis.data import task_is
 from analysis.simulate import (make_run_record, simulate_ablation, simulate_long_context, simulate_placement,
                                simulate_power_law, simulate_probes, simulate_u_curve, write_sweep)
 
@@ -116,7 +117,7 @@ def test_the_offline_packs_answer_the_benchmark_claims():
     by_id = {c["id"]: c for c in claims.load_claims()["claims"]}
 
     def matches(claim_id: str, key: str, task: str) -> bool:
-        return task.startswith(tuple(by_id[claim_id][key]))
+        return task_is(task, by_id[claim_id][key])
 
     assert matches("longctx.mq_niah", "task_prefixes", "engram_niah_multiquery_512")
     assert matches("longctx.mq_niah", "task_prefixes", "niah_multiquery")

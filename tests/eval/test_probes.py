@@ -47,6 +47,8 @@ def test_unbiased_hsic_matches_its_formula_with_explicit_matrix_products():
                 - 2 / (n - 2) * (one.T @ k @ l_ @ one)) / (n * (n - 3))
     got = probes.unbiased_hsic(probes._grams([x]), probes._grams([y]))
     torch.testing.assert_close(got, expected.reshape(1, 1))
+    grams = probes._grams([x, y, x + y])
+    torch.testing.assert_close(probes.self_hsic(grams), probes.unbiased_hsic(grams, grams).diagonal())
 
 
 def test_cka_of_a_model_with_itself_has_ones_on_the_diagonal(model, ids):
