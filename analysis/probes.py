@@ -211,8 +211,8 @@ def draw_all(probes: list[dict], out_dir) -> dict[str, list[Path]]:
 
 
 def summary_markdown(probes: list[dict], top: int = 5) -> str:
-    """The probes' numbers for the report: LogitLens KL per layer, CKA's layer matching, the top gated N-grams and
-    the retained shares with memory off; a line saying there are none otherwise."""
+    """The probes' numbers for the report: LogitLens KL per layer, CKA's layer matching, the top gated N-grams, the
+    in-context copying losses and the retained shares with memory off; a line saying there are none otherwise."""
     if not probes:
         return "No probe records (`engram-lab probe CKPT [--against CKPT]` writes them).\n"
     parts = []
@@ -237,6 +237,15 @@ def summary_markdown(probes: list[dict], top: int = 5) -> str:
         parts += [f"**Top gated N-grams** of {r['label']} ({r['data']['corpus_tokens']} tokens):\n",
                   "| N-gram | mean gate | count |", "|---|---|---|"]
         parts += [f"| `{g['ngram']!r}` | {g['mean_gate']:.3f} | {g['count']} |" for g in grams]
+        parts.append("")
+    copying = [p for p in probes if p["kind"] == "induction"]
+    if copying:
+        parts += ["**In-context copying** (induction): next-token loss on random tokens and on their repeat, nats; "
+                  "a model that copies from its context predicts the repeat.\n",
+                  "| model | first copy | repeat | uniform | repeat accuracy |", "|---|---|---|---|---|"]
+        parts += [f"| {name} | {r['data']['first_loss']:.3f} | {r['data']['repeat_loss']:.3f} | "
+                  f"{r['data']['uniform_loss']:.3f} | {r['data']['repeat_accuracy']:.3f} |"
+                  for r, name in zip(copying, _legend_names(copying))]
         parts.append("")
     table = memory_off_table(probes)
     if not table.empty:

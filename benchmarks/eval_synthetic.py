@@ -11,6 +11,7 @@ exported model folder), then runs eval.run.evaluate on
     engram_world_knowledge_cloze_top100  facts of the 100 most mentioned entities only (chance 25 %)
     engram_niah_{single,multikey,multiquery}_<L>   RULER-style retrieval, L = the model's context (chance ~0:
                                          7-digit numbers)
+    engram_vt_<L>                        RULER-style variable tracking (chance ~0)
     engram_needle_<L>                    the corpus's own needle documents (chance ~0: 5-digit codes)
 
 each with the memory on and off (the paper's sensitivity test), and writes results/eval/eval_synthetic.json: the
@@ -52,7 +53,7 @@ SMOKE_SET = ["sweep=eval_synthetic_smoke", "model.d_model=64", "model.n_layers=2
              "train.eval_every_tokens=0", "train.val_tokens=2048", "train.accelerator=cpu", "train.progress_bar=false"]
 WORLD = {"engram_world_knowledge_cloze": 0.25, "engram_world_knowledge": 0.25,
          "engram_world_knowledge_cloze_top100": 0.25}
-NIAH = ("niah_single", "niah_multikey", "niah_multiquery", "needle")
+NIAH = ("niah_single", "niah_multikey", "niah_multiquery", "vt", "needle")
 
 
 def train_or_load(args, workdir: Path, results: Path) -> tuple[str, dict | None]:
@@ -68,6 +69,25 @@ def train_or_load(args, workdir: Path, results: Path) -> tuple[str, dict | None]
     if record["status"] != "completed":
         raise SystemExit(f"the trial ended {record['status']}: {record['reason']}")
     return record["checkpoint"], record
+
+
+def fitting(names: list[str], ckpt: str, options) -> tuple[list[str], dict[str, str]]:
+    """The RULER-style tasks whose prompts fit their length in this model's tokens, and why each other one does not
+    (a small vocabulary spends more tokens on the same prompt: variable tracking needs more than 512 with 512 tokens)."""
+    from eval.lm import model_folder
+    from eval.tasks import ruler
+    from eval.tasks.common import TaskError
+    from experiments.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.load(model_folder(ckpt) / "tokenizer.json")
+    fit, too_long = [], {}
+    for name in names:
+        try:
+            ruler.build(name, tokenizer, options.samples, options.seed)
+            fit.append(name)
+        except TaskError as err:
+            too_long[name] = str(err)
+    return fit, too_long
 
 
 def rows_of(records: list[dict], chance: dict[str, float]) -> list[dict]:
@@ -115,8 +135,11 @@ def main() -> None:
         ckpt, record = train_or_load(args, workdir, results)
         device = "cpu" if smoke() else None
         length = args.length or load_trial_config(model_folder(ckpt)).model.max_seq_len
-        chance = {**WORLD, **{f"engram_{task}_{length}": 0.0 for task in NIAH}}
         options = TaskOptions(samples=args.samples or (4 if smoke() else 500))
+        retrieval, too_long = fitting([f"engram_{task}_{length}" for task in NIAH], ckpt, options)
+        for name, reason in too_long.items():
+            print(f"skipped {name}: {reason}")
+        chance = {**WORLD, **{name: 0.0 for name in retrieval}}
         batch_size = args.batch_size or (4 if smoke() else 32)
         rows = []
         for memory in ("on", "off"):
@@ -133,7 +156,7 @@ def main() -> None:
                 "val_loss": record["metrics"]["val_loss"], "tokens": record["accounting"]["tokens"],
                 "P_tot": record["accounting"]["P_tot"], "P_act": record["accounting"]["P_act"],
                 "wall_time_s": record["wall_time_s"], "device": record["device"]},
-            "results": rows,
+            "results": rows, "skipped": too_long,
         }
         write_atomic(out, payload)
         print(f"{'smoke run, written to a temporary folder: ' if smoke() else ''}{out}")

@@ -22,13 +22,15 @@ def register(subparsers) -> None:
     """Add ``probe`` to the ``engram-lab`` parser. Defaults left as None are :class:`eval.probes.ProbeSettings`'s
     (not imported here: building the parser must not load torch)."""
     p = subparsers.add_parser("probe", help="run the mechanistic probes on a checkpoint and write probe records",
-                              description="LogitLens, CKA against a second checkpoint, Engram gates and the "
-                                          "memory-off test (PAPER.md section 6); records, then figures.")
+                              description="LogitLens, CKA against a second checkpoint, Engram gates, the "
+                                          "memory-off test (PAPER.md section 6) and in-context copying "
+                                          "(induction); records, then figures.")
     p.add_argument("ckpt", help="model folder runs/<sweep>/<run_id>/model (or its run folder)")
     p.add_argument("--against", default=None, help="a second checkpoint (the MoE twin): CKA against it, and its own "
                                                    "probes for comparison")
     p.add_argument("--probes", type=_names, default=None,
-                   help="comma-separated subset of logit_lens,cka,gate,memory_off (default: all that apply)")
+                   help="comma-separated subset of logit_lens,cka,gate,memory_off,induction (default: all that "
+                        "apply)")
     p.add_argument("--text", default=None, help="text of the gate heatmap, its first 48 tokens (default: a "
                                                 "validation document of world facts)")
     p.add_argument("--tokens", type=int, default=None,
@@ -91,6 +93,9 @@ def summary(rec: dict) -> str:
     if rec["kind"] == "gate":
         top = ", ".join(f"{t['ngram']!r} {t['mean_gate']:.2f}" for t in d["top_ngrams"][:5])
         return f"  {len(d['channels'])} gate channels; top N-grams by mean gate: {top or 'none frequent enough'}"
+    if rec["kind"] == "induction":
+        return (f"  random tokens repeated once: loss {d['first_loss']:.3f} -> {d['repeat_loss']:.3f} on the repeat "
+                f"(uniform {d['uniform_loss']:.3f}), repeat accuracy {d['repeat_accuracy']:.3f}")
     rows = [f"  {r['name']:<24} {r['metric']:<20} on {r['on']:.4f}  off {r['off']:.4f}  retained "
             + ("-" if r["retained"] is None else f"{100 * r['retained']:.0f} %") for r in d["rows"]]
     return "\n".join(rows)

@@ -7,6 +7,7 @@
     top_gated_ngrams(model, tok, inputs)   the N-grams with the highest mean gate over a corpus
     memory_off(model, tokens)              next-token accuracy and loss per synthetic category, memory on vs off
     memory_off_tasks(ckpt, tasks)          lm-eval tasks through the eval stage (eval.run.evaluate), memory on vs off
+    induction(model, tokenizer, seq_len)   in-context copying: loss on the repeat of a random token sequence
     run_probes(ckpt, against=...)          the probes of one checkpoint (and its twin) -> probe records
 
 Layer i is the residual stream after i blocks, as ``EngramLM.forward(output_hidden=True)`` returns it: 0 is the
@@ -43,7 +44,7 @@ from experiments.records import portable_path, probe_path, write_atomic
 from experiments.synthetic import KIND, SyntheticCorpus
 from experiments.tokenizer import Tokenizer
 
-PROBES = ("logit_lens", "cka", "gate", "memory_off")
+PROBES = ("logit_lens", "cka", "gate", "memory_off", "induction")
 
 
 # -- the validation tokens every corpus-wide probe reads -------------------------------------------------------------
@@ -341,6 +342,39 @@ def memory_off_tasks(ckpt: str | Path, tasks: list[str], *, results: str | Path 
     return retained_rows(on, off)
 
 
+# -- induction (in-context copying) -----------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def induction(model: EngramLM, tokenizer: Tokenizer, seq_len: int, n: int = 64, batch_size: int = 8,
+              seed: int = 0) -> dict:
+    """Next-token loss and accuracy on ``n`` sequences of random tokens, each repeated once (Olsson et al., 2022).
+
+    No statistic of the corpus predicts a random token, so the first copy scores near the uniform loss; a model that
+    copies from its context (induction heads) predicts the repeat almost exactly. Needle retrieval and variable
+    tracking need that ability, so a model without it scores 0 there whatever its memory. ``score``: first-copy
+    minus repeat loss, in nats (0: no copying)."""
+    specials = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id}
+    pool = torch.tensor([i for i in range(tokenizer.vocab_size) if i not in specials])
+    half = seq_len // 2
+    picks = torch.randint(len(pool), (n, half), generator=torch.Generator().manual_seed(seed))
+    inputs_NT = pool[picks].repeat(1, 2)
+    loss_NT, hit_NT = [], []
+    for rows in _batches(n, batch_size):
+        x_BT = inputs_NT[rows].to(_device(model))
+        logits_BTV = model(x_BT)[:, :-1].float()
+        loss_NT.append(F.cross_entropy(logits_BTV.transpose(1, 2), x_BT[:, 1:], reduction="none").cpu())
+        hit_NT.append((logits_BTV.argmax(-1) == x_BT[:, 1:]).float().cpu())
+    loss, hit = torch.cat(loss_NT), torch.cat(hit_NT)
+    # loss j scores token j + 1: the first copy's tokens 1..half-1, and the repeat's after its first (which follows
+    # a token that never appeared before it)
+    first, repeat = slice(0, half - 1), slice(half, None)
+    data = {"first_loss": loss[:, first].mean().item(), "repeat_loss": loss[:, repeat].mean().item(),
+            "first_accuracy": hit[:, first].mean().item(), "repeat_accuracy": hit[:, repeat].mean().item(),
+            "uniform_loss": float(np.log(len(pool))), "n_sequences": n, "half_length": half}
+    return {**data, "score": data["first_loss"] - data["repeat_loss"]}
+
+
 # -- probe records -----------------------------------------------------------------------------------------------------
 
 
@@ -474,6 +508,8 @@ def run_probes(ckpt: str | Path, *, against: str | Path | None = None, probes: I
                                              batch_size=settings.batch_size, device=str(_device(s.model)),
                                              options=task_options)
                 write("memory_off", s, {"rows": rows})
+        if "induction" in probes:
+            write("induction", s, induction(s.model, s.tokenizer, seq_len, batch_size=settings.batch_size))
     if "cka" in probes:
         if len(subjects) < 2:
             run.skipped.append("cka: needs a second checkpoint (against)")

@@ -16,7 +16,7 @@ import yaml
 
 from engram.budget import solve
 from engram.config import ConfigError, ModelConfig, build
-from experiments.data import DataConfig
+from experiments.data import DataConfig, identity
 from experiments.optim import OptimConfig
 from experiments.records import run_id
 
@@ -232,7 +232,7 @@ def resolve(trial: TrialConfig) -> TrialConfig:
 def trial_id(resolved: TrialConfig) -> str:
     """The run id: a hash of what the trial does. Its sweep axes are labels and its device layout
     (``LAYOUT_FIELDS``) is how it runs: neither is part of it (the layout is hashed as ``ONE_PROCESS``)."""
-    config = resolved.to_dict()
+    config = {**resolved.to_dict(), "data": identity(resolved.data)}
     del config["axes"]
     config["train"] = {**{k: v for k, v in config["train"].items() if k not in LAYOUT_FIELDS}, **ONE_PROCESS}
     return run_id(config)

@@ -28,7 +28,7 @@ Eval record fields: run_id, sweep, task, task_version, num_fewshot, limit, lm_ev
 metrics {metric: {"value": v, "stderr": s}}, checkpoint (the model folder, :func:`portable_path`), created.
 
 Probe record fields (the mechanistic probes of PAPER.md section 6, written by :mod:`eval.probes`):
-    kind          logit_lens | cka | gate | memory_off
+    kind          logit_lens | cka | gate | memory_off | induction
     run_id, sweep the probed checkpoint's run;  label: its name in legends ("engram (rho=0.8)", "moe (rho=1.0)")
     against, against_label   the other checkpoint's run id and label (cka), else None
     checkpoint, against_checkpoint   model folders (:func:`portable_path`)
@@ -43,6 +43,9 @@ Probe record fields (the mechanistic probes of PAPER.md section 6, written by :m
                   memory_off: {rows [{name, source (validation | lm-eval), group (kind | category | task), kind
                                (static | dynamic | None), metric, on, off, retained (off / on, None when on = 0), n,
                                loss_on, loss_off (validation rows)}]}
+                  induction:  {first_loss, repeat_loss, first_accuracy, repeat_accuracy (random tokens repeated
+                               once: the first copy, and the repeat after its first token), uniform_loss, score
+                               (first_loss - repeat_loss), n_sequences, half_length}
     Layer i is the residual stream after i blocks (0: the embedding output).
 """
 
@@ -66,7 +69,8 @@ PROBE_FIELDS = ("kind", "run_id", "sweep", "label", "against", "against_label", 
                 "settings", "data", "created")
 PROBE_DATA = {"logit_lens": ("layers", "kl"), "gate": ("tokens", "channels", "gates", "top_ngrams", "corpus_tokens"),
               "cka": ("rows", "cols", "matrix", "best_match", "soft_alignment", "k", "n_tokens"),
-              "memory_off": ("rows",)}
+              "memory_off": ("rows",),
+              "induction": ("first_loss", "repeat_loss", "first_accuracy", "repeat_accuracy", "score")}
 
 
 class RecordError(ValueError):

@@ -168,6 +168,9 @@ class SyntheticConfig:
             factors 2..12).
         needle_words: length in words of a needle document's haystack.
         needle_distractors: other keys with their own codes hidden in the same haystack (multi-key retrieval).
+        needle_queries: keys asked about after the haystack, each in its own question and answer (multi-query
+            retrieval); at most 1 + needle_distractors. Every answer copies a code from the haystack, so more
+            queries give in-context copying a larger share of the loss.
         seed: builds the world and seeds every document stream.
     """
 
@@ -182,6 +185,7 @@ class SyntheticConfig:
     max_operand: int = 99
     needle_words: int = 300
     needle_distractors: int = 2
+    needle_queries: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -211,6 +215,8 @@ class SyntheticConfig:
         check(self.max_operand >= 1, "max_operand", f"must be >= 1, got {self.max_operand}")
         check(self.needle_words >= 20, "needle_words", f"must be >= 20, got {self.needle_words}")
         check(self.needle_distractors >= 0, "needle_distractors", f"must be >= 0, got {self.needle_distractors}")
+        check(1 <= self.needle_queries <= 1 + self.needle_distractors, "needle_queries",
+              f"must be in 1..{1 + self.needle_distractors} (the needles hidden), got {self.needle_queries}")
         check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
 
 
@@ -539,9 +545,11 @@ class SyntheticCorpus:
             words += sentences[-1].count(" ") + 1
         for needle in needles:
             sentences.insert(rng.randint(0, len(sentences)), needle)
-        key = _choose(rng, list(keys))
-        answer = needles[list(keys).index(key)]
-        return f"{' '.join(sentences)}\n{NEEDLE_QUESTION.format(key=key)}{answer}"
+        names = list(keys)
+        # one query draws as the corpus always has, so the default stream is unchanged
+        asked = [_choose(rng, names)] if self.cfg.needle_queries == 1 else rng.sample(names, self.cfg.needle_queries)
+        answers = "\n".join(f"{NEEDLE_QUESTION.format(key=key)}{needles[names.index(key)]}" for key in asked)
+        return f"{' '.join(sentences)}\n{answers}"
 
     # ----------------------------------------------------------------------------------------------------------
     # Knowledge questions (MMLU format)

@@ -25,7 +25,7 @@ import torch
 
 from engram.budget import count
 from engram.device import device_name, mfu
-from experiments.config import TrainConfig, TrialConfig, resolve, trial_id
+from experiments.config import TrainConfig, TrialConfig, resolve, trial_from_dict, trial_id
 from experiments.records import portable_path, read_json, run_path, write_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,6 +182,24 @@ def existing_record(results: str | Path, trial: TrialConfig) -> dict | None:
     resolved = resolve(trial)
     path = run_path(results, resolved.sweep, trial_id(resolved))
     return read_json(path) if path.exists() else None
+
+
+def model_of(record: dict, workdir: str | Path = "runs") -> str:
+    """The exported model folder of a completed run record, under ``workdir``. Where the run trained on another
+    machine, its recorded config is trained again here (same run id, so eval and probe records still sit beside the
+    sweep's record); the new run record goes to ``<workdir>/retrained/``, so the sweep's own record is kept as it was
+    and the two runs' losses can be compared."""
+    folder = trial_dir(workdir, record["sweep"], record["run_id"]) / "model"
+    if (folder / "model.pt").exists():
+        return str(folder)
+    trial = trial_from_dict(record["config"])
+    if trial_id(resolve(trial)) != record["run_id"]:
+        raise RuntimeError(f"run {record['run_id']}: its recorded config no longer resolves to the same trial (the "
+                           "budget solver or the defaults changed), so it cannot be trained again as that run")
+    again = run_trial(trial, results=Path(workdir) / "retrained", workdir=workdir)
+    if again["status"] != "completed":
+        raise TrialFailed(again)
+    return str(folder)
 
 
 def run_trial(trial: TrialConfig, results: str | Path = "results", workdir: str | Path = "runs",

@@ -8,8 +8,9 @@
 #
 # 1. sweeps: every spec below with the local executor, several at once (tiny models leave one GPU mostly idle);
 # 2. benchmarks: the offline packs and the probes on the best Engram model of the allocation sweep and its
-#    iso-parameter MoE twin (rho = 1 at the same budget and seed): world knowledge (letter and cloze formats, all
-#    entities and the 100 most mentioned), NIAH at 512 tokens (RULER's and the corpus's own needles), BBH zero-shot
+#    iso-parameter MoE twin (rho = 1 at the same budget and seed; trained again from their run records where the
+#    sweep ran on another machine): world knowledge (letter and cloze formats, all entities and the 100 most
+#    mentioned), NIAH and variable tracking at 512 tokens (RULER's and the corpus's own needles), BBH zero-shot
 #    (20 questions per task, answers cut at 32 tokens); knowledge and needles again with the Engram output off;
 # 3. fits, figures and one report per sweep and one per corpus (results/_combined/), from the records alone.
 #
@@ -47,22 +48,32 @@ for spec in "${named[@]}"; do sweep "$spec" & done
 wait
 
 if [[ " $STAGES " == *" benchmarks "* ]]; then
-  read -r ENGRAM_CKPT TWIN_CKPT < <($PYTHON -c "
+  # the pair's models, trained again (both at once) from their records where the sweep ran on another machine
+  mkdir -p "$RESULTS/logs" "$WORKDIR"
+  $PYTHON -c "
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
 from analysis.data import memory_and_twin
-a, b = memory_and_twin('$RESULTS', 'allocation')
-print(a['checkpoint'], b['checkpoint'])") || { echo "no completed Engram/MoE pair in the allocation sweep"; exit 1; }
+from experiments.train import model_of
+pair = memory_and_twin('$RESULTS', 'allocation')
+with ProcessPoolExecutor(2, mp_context=get_context('spawn')) as pool:
+    Path('$WORKDIR/benchmark-pair').write_text(' '.join(pool.map(model_of, pair, ['$WORKDIR'] * 2)))" \
+    > "$RESULTS/logs/benchmark-pair.log" 2>&1 || { echo "no Engram/MoE model pair: $RESULTS/logs/benchmark-pair.log"; exit 1; }
+  read -r ENGRAM_CKPT TWIN_CKPT < "$WORKDIR/benchmark-pair"
   knowledge=engram_world_knowledge_cloze,engram_world_knowledge_cloze_top100
-  niah=engram_niah_single_512,engram_niah_multikey_512,engram_niah_multiquery_512,engram_needle_512
-  for ckpt in "$ENGRAM_CKPT" "$TWIN_CKPT"; do
-    $ENGRAM_LAB eval "$ckpt" --results "$RESULTS" --limit 200 \
-      --tasks engram_world_knowledge,$knowledge,$niah
-    $ENGRAM_LAB eval "$ckpt" --results "$RESULTS" --limit 200 --memory off \
-      --tasks $knowledge,engram_niah_single_512,engram_needle_512
+  niah=engram_niah_single_512,engram_niah_multikey_512,engram_niah_multiquery_512,engram_vt_512,engram_needle_512
+  for ckpt in "$ENGRAM_CKPT" "$TWIN_CKPT"; do  # the two models at once
+    { $ENGRAM_LAB eval "$ckpt" --results "$RESULTS" --limit 200 --tasks engram_world_knowledge,$knowledge,$niah
+      $ENGRAM_LAB eval "$ckpt" --results "$RESULTS" --limit 200 --memory off \
+        --tasks $knowledge,engram_niah_single_512,engram_needle_512; } &
   done
+  wait
   $ENGRAM_LAB probe "$ENGRAM_CKPT" --against "$TWIN_CKPT" --results "$RESULTS"
   for ckpt in "$ENGRAM_CKPT" "$TWIN_CKPT"; do
-    $ENGRAM_LAB eval "$ckpt" --results "$RESULTS" --limit 20 --max-gen-toks 32 --tasks engram_bbh_zeroshot
+    $ENGRAM_LAB eval "$ckpt" --results "$RESULTS" --limit 20 --max-gen-toks 32 --tasks engram_bbh_zeroshot &
   done
+  wait
 fi
 
 if [[ " $STAGES " == *" analysis "* ]]; then

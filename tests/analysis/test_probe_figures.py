@@ -58,5 +58,8 @@ def test_the_report_section_states_each_probes_numbers():
     assert "**LogitLens**" in text and " | ".join(f"{v:.3f}" for v in lens["data"]["kl"]) in text
     cka = next(p for p in recs if p["kind"] == "cka")["data"]
     assert f"| 1 | {cka['best_match'][1]} | {cka['soft_alignment'][1]:.2f} |" in text
-    assert "**Top gated N-grams**" in text and "**Memory off**" in text
+    assert "**Top gated N-grams**" in text and "**Memory off**" in text and "In-context copying" not in text
+    copying = {"kind": "induction", "run_id": "abc", "label": "engram", "data": {
+        "first_loss": 8.3, "repeat_loss": 0.25, "uniform_loss": 8.315, "repeat_accuracy": 0.96}}
+    assert "| engram | 8.300 | 0.250 | 8.315 | 0.960 |" in probes.summary_markdown(recs + [copying])
     assert probes.summary_markdown([]).startswith("No probe records")

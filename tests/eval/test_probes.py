@@ -2,6 +2,7 @@
 ``engram-lab probe`` end to end on an Engram checkpoint and its MoE twin."""
 
 import itertools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -131,6 +132,33 @@ def test_memory_off_scores_each_half_and_category_against_the_model_as_trained(m
     assert model.memory_enabled
 
 
+class InductionOracle(torch.nn.Module):
+    """An ideal induction head: predicts the token that followed the last earlier occurrence of the current one."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.embed, self.vocab = torch.nn.Embedding(vocab, 1), vocab
+
+    def forward(self, x_BT):
+        logits = torch.zeros(*x_BT.shape, self.vocab)
+        for b, j in itertools.product(range(x_BT.shape[0]), range(x_BT.shape[1])):
+            earlier = (x_BT[b, :j] == x_BT[b, j]).nonzero()
+            if len(earlier):
+                logits[b, j, x_BT[b, earlier[-1, 0] + 1]] = 50.0
+        return logits
+
+
+def test_induction_scores_the_repeat_of_a_copier_and_not_of_an_untrained_model(model):
+    tokenizer = SimpleNamespace(pad_id=0, bos_id=1, eos_id=2, vocab_size=HC_MODEL.vocab_size)
+    uniform = np.log(HC_MODEL.vocab_size - 3)
+    copier = probes.induction(InductionOracle(HC_MODEL.vocab_size), tokenizer, seq_len=24, n=6, batch_size=4)
+    assert copier["repeat_accuracy"] == 1.0 and copier["repeat_loss"] < 1e-6
+    assert copier["first_loss"] == pytest.approx(uniform, rel=0.05) and copier["score"] > 0.9 * uniform
+    fresh = probes.induction(model, tokenizer, seq_len=24, n=6, batch_size=4)
+    assert abs(fresh["score"]) < 0.05 and fresh["first_loss"] == pytest.approx(uniform, rel=0.05)
+    assert fresh["uniform_loss"] == pytest.approx(uniform) and (fresh["n_sequences"], fresh["half_length"]) == (6, 12)
+
+
 def test_retained_rows_pair_the_eval_records_of_memory_on_and_off():
     def rec(memory, acc):
         return {"task": "engram_world_knowledge", "memory": memory, "n_samples": 20,
@@ -183,8 +211,9 @@ def test_probe_command_writes_records_and_figures(checkpoints, tmp_path, capsys)
     assert main(argv) == 0
     out = capsys.readouterr().out
     a, b = engram.parent.name, twin.parent.name
-    expected = [probe_path(tmp_path, "", a, kind) for kind in ("logit_lens", "gate", "memory_off")]
-    expected += [probe_path(tmp_path, "", a, "cka", against=b), probe_path(tmp_path, "", b, "logit_lens")]
+    expected = [probe_path(tmp_path, "", a, kind) for kind in ("logit_lens", "gate", "memory_off", "induction")]
+    expected += [probe_path(tmp_path, "", a, "cka", against=b)]
+    expected += [probe_path(tmp_path, "", b, kind) for kind in ("logit_lens", "induction")]
     assert sorted((tmp_path / "_runs" / "probes").rglob("*.json")) == sorted(expected)
     recs = {(r["run_id"], r["kind"]): r for r in map(read_probe_record, expected)}
     assert all(set(PROBE_FIELDS) <= set(r) for r in recs.values())

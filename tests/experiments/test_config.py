@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ from engram.model import EngramLM
 
 from .tiny import tiny
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "experiments" / "configs").glob("*.yaml"))
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((REPO / "experiments" / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -81,3 +83,19 @@ def test_schedules():
     assert lr_factor(100, 100, cfg) == pytest.approx(0.1)
     wsd = OptimConfig(schedule="wsd", warmup_steps=0, decay_fraction=0.2, min_lr_ratio=0.0)
     assert lr_factor(50, 100, wsd) == 1.0 and lr_factor(90, 100, wsd) == pytest.approx(0.5)
+
+
+def test_every_recorded_run_still_resolves_to_its_run_id():
+    """Run ids name records, checkpoints and eval records: a config schema that grows (or a solver that changes) must
+    not move the ids of the runs already in results/."""
+    records = [json.loads(p.read_text()) for p in sorted(REPO.glob("results/*/runs/*.json"))]
+    assert records, "results/ holds no run records"
+    moved = [r["run_id"] for r in records if trial_id(resolve(trial_from_dict(r["config"]))) != r["run_id"]]
+    assert not moved, f"recorded runs whose config now resolves to another id: {moved}"
+
+
+def test_a_field_added_later_changes_the_run_id_only_away_from_its_old_value():
+    def rid(*overrides):
+        return trial_id(resolve(trial_from_dict(tiny(), list(overrides))))
+
+    assert rid() == rid("data.synthetic.needle_queries=1") != rid("data.synthetic.needle_queries=2")

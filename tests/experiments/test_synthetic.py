@@ -264,6 +264,17 @@ def test_needle_length_is_configurable():
     assert min(lengths) >= 1000 and max(lengths) < 1100
 
 
+def test_needle_queries_ask_distinct_hidden_keys():
+    corpus = SyntheticCorpus(SyntheticConfig(static_fraction=0.0, category_weights={c: 0 for c in DYNAMIC_CATEGORIES}
+                                             | {"needle": 1}, needle_distractors=3, needle_queries=4))
+    for i in range(20):
+        text = corpus.document("train", i)[0]
+        haystack = text.split("\nQuestion:")[0]
+        pairs = _qa_pairs(text)
+        assert len(pairs) == 4 and len({question for question, _ in pairs}) == 4
+        assert all(answer in haystack for _, answer in pairs)
+
+
 def test_generation_is_fast(corpus):
     start = time.perf_counter()
     for i in range(2000):
@@ -285,6 +296,8 @@ def test_generation_is_fast(corpus):
     (dict(max_operand=0), "max_operand"),
     (dict(needle_words=5), "needle_words"),
     (dict(needle_distractors=-1), "needle_distractors"),
+    (dict(needle_distractors=2, needle_queries=4), "needle_queries"),
+    (dict(needle_queries=0), "needle_queries"),
     (dict(seed=-3), "seed"),
 ])
 def test_config_validation_names_the_field(kwargs, field):

@@ -20,7 +20,7 @@ from engram.model import EngramLM
 from experiments.checkpoint import load_model
 from experiments.config import resolve, trial_from_dict, trial_id
 from experiments.records import read_run_record
-from experiments.train import TrialFailed, run_trial, trial_lock
+from experiments.train import TrialFailed, model_of, run_trial, trial_lock
 
 from .tiny import tiny
 
@@ -68,6 +68,18 @@ def test_completed_record_is_never_rewritten(trained):
     before = path.stat().st_mtime_ns
     again = run_trial(trial, results=root / "results", workdir=root / "runs")
     assert again == json.loads(path.read_text()) and path.stat().st_mtime_ns == before
+
+
+def test_a_run_trained_on_another_machine_is_trained_again_as_the_same_run(trained, tmp_path):
+    trial, record, root = trained
+    assert model_of(record, root / "runs") == str(Path(record["checkpoint"]))  # here: nothing trained
+    assert not (root / "runs" / "retrained").exists()
+    elsewhere = tmp_path / "runs"  # a machine without the sweep's checkpoints
+    folder = Path(model_of(record, elsewhere))
+    assert folder == elsewhere / "_runs" / record["run_id"] / "model" and (folder / "model.pt").exists()
+    again = read_run_record(elsewhere / "retrained" / "_runs" / "runs" / f"{record['run_id']}.json")
+    assert again["status"] == "completed" and again["config"] == record["config"]
+    assert again["metrics"]["val_loss"] == pytest.approx(record["metrics"]["val_loss"], rel=1e-3)
 
 
 def _train_cmd(config: Path, results: Path, workdir: Path) -> list[str]:
