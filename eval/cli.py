@@ -73,6 +73,7 @@ def register(subparsers) -> None:
 
 def eval_command(args: argparse.Namespace) -> int:
     from eval.hub import HubUnavailable
+    from eval.lm import NoMemory
     from eval.run import evaluate, table
     from eval.tasks import TaskError, TaskOptions
     from experiments.records import eval_path
@@ -87,7 +88,7 @@ def eval_command(args: argparse.Namespace) -> int:
                               results=args.results, options=options,
                               gen_kwargs={"max_gen_toks": args.max_gen_toks} if args.max_gen_toks else None,
                               overwrite=args.overwrite)
-    except (HubUnavailable, TaskError, FileNotFoundError, FileExistsError) as err:
+    except (HubUnavailable, TaskError, NoMemory, FileNotFoundError, FileExistsError) as err:
         print(f"engram-lab eval: {err}", file=sys.stderr)
         return 2
     print(table(records))

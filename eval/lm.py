@@ -56,6 +56,10 @@ log = logging.getLogger(__name__)
 MEMORY_SETTINGS = ("on", "off")
 
 
+class NoMemory(ValueError):
+    """``memory="off"`` asked of a model without memory: it would score exactly as with the memory on."""
+
+
 def model_folder(path: str | Path) -> Path:
     """The model folder of ``path``: the folder itself, or the ``model/`` inside a run folder."""
     path = Path(path)
@@ -116,6 +120,9 @@ class EngramEvalLM(LM):
         self.ckpt = model_folder(ckpt)
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, self.tokenizer, self.trial = load_model(self.ckpt, self._device)
+        if memory == "off" and self.model.hasher is None:
+            raise NoMemory(f"{self.ckpt} has no Engram or OverEncoding table: with the memory off it would score "
+                           "exactly as with it on, so there is nothing to compare")
         self.memory = memory
         self.max_gen_toks = int(max_gen_toks)
 

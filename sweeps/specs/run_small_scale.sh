@@ -11,7 +11,7 @@
 #    iso-parameter MoE twin (rho = 1 at the same budget and seed; trained again from their run records where the
 #    sweep ran on another machine): world knowledge (letter and cloze formats, all entities and the 100 most
 #    mentioned), NIAH and variable tracking at 512 tokens (RULER's and the corpus's own needles), BBH zero-shot
-#    (20 questions per task, answers cut at 32 tokens); knowledge and needles again with the Engram output off;
+#    (20 questions per task, answers cut at 32 tokens); knowledge and needles again with the Engram model's output off;
 # 3. fits, figures and one report per sweep and one per corpus (results/_combined/), from the records alone.
 #
 # The real-text sweeps (*_text.yaml) read ../shared/data/text/gcide.jsonl.gz (their specs name the path).
@@ -63,11 +63,11 @@ with ProcessPoolExecutor(2, mp_context=get_context('spawn')) as pool:
   read -r ENGRAM_CKPT TWIN_CKPT < "$WORKDIR/benchmark-pair"
   knowledge=engram_world_knowledge_cloze,engram_world_knowledge_cloze_top100
   niah=engram_niah_single_512,engram_niah_multikey_512,engram_niah_multiquery_512,engram_vt_512,engram_needle_512
-  for ckpt in "$ENGRAM_CKPT" "$TWIN_CKPT"; do  # the two models at once
-    { $ENGRAM_LAB eval "$ckpt" --results "$RESULTS" --limit 200 --tasks engram_world_knowledge,$knowledge,$niah
-      $ENGRAM_LAB eval "$ckpt" --results "$RESULTS" --limit 200 --memory off \
-        --tasks $knowledge,engram_niah_single_512,engram_needle_512; } &
+  for ckpt in "$ENGRAM_CKPT" "$TWIN_CKPT"; do  # the two models at once; the twin has no memory to switch off
+    $ENGRAM_LAB eval "$ckpt" --results "$RESULTS" --limit 200 --tasks engram_world_knowledge,$knowledge,$niah &
   done
+  $ENGRAM_LAB eval "$ENGRAM_CKPT" --results "$RESULTS" --limit 200 --memory off \
+    --tasks $knowledge,engram_niah_single_512,engram_needle_512
   wait
   $ENGRAM_LAB probe "$ENGRAM_CKPT" --against "$TWIN_CKPT" --results "$RESULTS"
   for ckpt in "$ENGRAM_CKPT" "$TWIN_CKPT"; do

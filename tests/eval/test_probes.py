@@ -263,6 +263,14 @@ def test_probe_command_writes_records_and_figures(checkpoints, tmp_path, capsys)
         assert (figures / f"{stem}.png").stat().st_size > 0 and (figures / f"{stem}.pdf").is_file()
 
 
+def test_memory_off_evaluation_of_a_model_without_memory_is_refused(checkpoints, tmp_path, capsys):
+    _, twin = checkpoints
+    assert main(["eval", str(twin), "--tasks", "engram_world_knowledge", "--memory", "off", "--results",
+                 str(tmp_path), "--device", "cpu"]) == 2
+    assert "has no Engram or OverEncoding table" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.json"))
+
+
 def test_probe_command_explains_what_cannot_run(checkpoints, tmp_path, capsys):
     engram, twin = checkpoints
     assert main(["probe", str(twin), "--probes", "cka,gate", "--results", str(tmp_path), "--tokens", "256",
