@@ -90,7 +90,7 @@ class DataConfig:
 
 # Fields added to the data config after token caches and run ids were first recorded, with the value every earlier
 # config had: at that value they are left out of both, so recorded runs keep their ids as the schema grows.
-LATER_DEFAULTS = {("synthetic", "needle_queries"): 1}
+LATER_DEFAULTS = {("synthetic", "needle_queries"): 1, ("synthetic", "category_weights", "lookup"): 0.0}
 
 
 def identity(cfg: DataConfig) -> dict:

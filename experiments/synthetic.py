@@ -7,7 +7,8 @@ It holds both halves of the paper's "linguistic duality" (DESIGN.md, "Data"), on
   that states them, plus fixed sayings. Every word of a name is unique to it, so once a name or saying has begun its
   continuation is fixed by the few tokens before it: what a hashed N-gram lookup can serve.
 * **dynamic** documents bind values only in their own context (random per document, queried later in it), do arithmetic,
-  track variables, follow multi-hop references and find needles in long filler: no lookup of a short window helps.
+  track variables, follow multi-hop references, find needles in long filler and (off by default) look up codes in a
+  list read back in another order: no lookup of a short window helps.
 
 The world is built from ``cfg.seed`` alone and shared by every split; documents are drawn from a stream per
 (seed, split, index), and each possible text is owned by the training side or the held-out side by its hash, so
@@ -29,15 +30,25 @@ from typing import Iterator
 from engram.config import ConfigError
 
 STATIC_CATEGORIES = ("biography", "records", "sayings")
-DYNAMIC_CATEGORIES = ("context_facts", "arithmetic", "variables", "multi_hop", "needle")
+DYNAMIC_CATEGORIES = ("context_facts", "arithmetic", "variables", "multi_hop", "needle", "lookup")
 CATEGORIES = STATIC_CATEGORIES + DYNAMIC_CATEGORIES
 KIND = {**{c: "static" for c in STATIC_CATEGORIES}, **{c: "dynamic" for c in DYNAMIC_CATEGORIES}}
-# Needle documents are several times longer than the others, so they get half a share by default.
-DEFAULT_CATEGORY_WEIGHTS = {**{c: 1.0 for c in CATEGORIES}, "needle": 0.5}
+# Needle documents are several times longer than the others, so they get half a share by default. Lookup documents
+# came later and are off by default, which leaves the default stream (and every run recorded on it) as it was: a
+# category of weight 0 at the end of its half changes no draw.
+DEFAULT_CATEGORY_WEIGHTS = {**{c: 1.0 for c in CATEGORIES}, "needle": 0.5, "lookup": 0.0}
 # A needle document: these sentences hidden in filler, then the question and, as its answer, the asked needle
 # (eval.tasks.ruler's engram_needle_<L> asks the same way).
 NEEDLE = "The secret code for {key} is {code}."
 NEEDLE_QUESTION = "Question: What is the secret code for {key}?\nAnswer: "
+# A lookup document: a titled list of LOOKUP_ENTRIES keys with codes, one per line in one of the entry forms, then the
+# check line and the same entries in another order. With a word between key and code, as in a needle, the code is
+# copied from the place after the key's earlier mention, not from the token next to it.
+LOOKUP_ENTRIES = (4, 12)
+LOOKUP_FORMS = ("{key} {code}", "{key}: {code}", "{key} is {code}.")
+LOOKUP_TITLES = ("The clerk of {city} wrote down the codes:", "Codes kept at the gate of {city}:",
+                 "The ledger of {city} lists:", "Passwords of the guards of {city}:")
+LOOKUP_CHECKS = ("Read back:", "Checked again:", "The same codes, in another order:")
 
 # Every possible text is owned by one side, by its hash: training ("train") or held-out (any other split name). A
 # document drawn for the other side is redrawn, so no text is ever both a training and a held-out document. The
@@ -159,7 +170,10 @@ class SyntheticConfig:
         static_fraction: probability that a document is static (world facts, sayings) rather than dynamic; the
             lever that moves the corpus along the memory/computation trade-off. A fraction of documents, not tokens.
         category_weights: relative weight of each category within its half; categories left out keep their default
-            (1.0, needle 0.5). A weight of 0 removes a category.
+            (1.0, needle 0.5, lookup 0). A weight of 0 removes a category. Lookup documents are the lever for
+            retrieval: most of their tokens can only be predicted by copying from the context, which is what a
+            model must learn before it can find a needle (a few percent of copyable tokens, as in needle documents,
+            were not enough for the small models of eval_synthetic at 5e7 tokens).
         bindings_per_doc: how much a dynamic document binds in context: the people of context_facts and multi_hop
             (at least 3 there) and twice the number of variable chains (at least 2 chains).
         max_hops: longest chain a dynamic document asks to follow: assignments after the first in a variable chain,
@@ -550,6 +564,20 @@ class SyntheticCorpus:
         asked = [_choose(rng, names)] if self.cfg.needle_queries == 1 else rng.sample(names, self.cfg.needle_queries)
         answers = "\n".join(f"{NEEDLE_QUESTION.format(key=key)}{needles[names.index(key)]}" for key in asked)
         return f"{' '.join(sentences)}\n{answers}"
+
+    def _lookup(self, rng: random.Random) -> str:
+        """A list of keys with 5-digit codes, then every entry read back in another order: each code read back is
+        found only by matching its key in the list (the in-context lookup of needle retrieval, on about half of the
+        document's tokens)."""
+        n = rng.randint(*LOOKUP_ENTRIES)
+        keys: dict[str, None] = {}
+        while len(keys) < n:
+            keys[pseudo_word(rng, 2)] = None
+        form = _choose(rng, LOOKUP_FORMS)
+        entries = [form.format(key=key, code=rng.randint(10000, 99999)) for key in keys]
+        read_back = rng.sample(entries, n)
+        return "\n".join([_choose(rng, LOOKUP_TITLES).format(city=self._pick_kind["city"](rng).name), *entries,
+                          _choose(rng, LOOKUP_CHECKS), *read_back])
 
     # ----------------------------------------------------------------------------------------------------------
     # Knowledge questions (MMLU format)

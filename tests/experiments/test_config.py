@@ -99,3 +99,4 @@ def test_a_field_added_later_changes_the_run_id_only_away_from_its_old_value():
         return trial_id(resolve(trial_from_dict(tiny(), list(overrides))))
 
     assert rid() == rid("data.synthetic.needle_queries=1") != rid("data.synthetic.needle_queries=2")
+    assert rid() == rid("data.synthetic.category_weights.lookup=0") != rid("data.synthetic.category_weights.lookup=1")
