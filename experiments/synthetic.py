@@ -8,7 +8,7 @@ It holds both halves of the paper's "linguistic duality" (DESIGN.md, "Data"), on
   continuation is fixed by the few tokens before it: what a hashed N-gram lookup can serve.
 * **dynamic** documents bind values only in their own context (random per document, queried later in it), do arithmetic,
   track variables, follow multi-hop references, find needles in long filler and (off by default) look up codes in a
-  list read back in another order: no lookup of a short window helps.
+  list read back shuffled: no lookup of a short window helps.
 
 The world is built from ``cfg.seed`` alone and shared by every split; documents are drawn from a stream per
 (seed, split, index), and each possible text is owned by the training side or the held-out side by its hash, so
@@ -42,7 +42,7 @@ DEFAULT_CATEGORY_WEIGHTS = {**{c: 1.0 for c in CATEGORIES}, "needle": 0.5, "look
 NEEDLE = "The secret code for {key} is {code}."
 NEEDLE_QUESTION = "Question: What is the secret code for {key}?\nAnswer: "
 # A lookup document: a titled list of LOOKUP_ENTRIES keys with codes, one per line in one of the entry forms, then the
-# check line and the same entries in another order. With a word between key and code, as in a needle, the code is
+# check line and the same entries shuffled. With a word between key and code, as in a needle, the code is
 # copied from the place after the key's earlier mention, not from the token next to it.
 LOOKUP_ENTRIES = (4, 12)
 LOOKUP_FORMS = ("{key} {code}", "{key}: {code}", "{key} is {code}.")
@@ -566,9 +566,9 @@ class SyntheticCorpus:
         return f"{' '.join(sentences)}\n{answers}"
 
     def _lookup(self, rng: random.Random) -> str:
-        """A list of keys with 5-digit codes, then every entry read back in another order: each code read back is
-        found only by matching its key in the list (the in-context lookup of needle retrieval, on about half of the
-        document's tokens)."""
+        """A list of keys with 5-digit codes, then every entry read back shuffled: each code read back is found
+        only by matching its key in the list, the in-context lookup of needle retrieval (the read-back is 44% of the
+        tokens of a lookup document with a 4k BPE)."""
         n = rng.randint(*LOOKUP_ENTRIES)
         keys: dict[str, None] = {}
         while len(keys) < n:

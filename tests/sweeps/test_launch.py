@@ -1,7 +1,7 @@
 """Launching sweeps for real: submitit on a one-node SLURM cluster (started by .ci/run) and the local executor.
 
 One scenario per executor covers what a cluster does to a sweep: a trial requeued mid-run (SLURM) resumes from its
-checkpoint, a cancelled or killed trial is recorded as failed and completed by ``--retry-failed``, and a driver
+checkpoint, a killed trial is recorded as failed and completed by ``--retry-failed``, and a driver
 killed mid-sweep is restarted and finishes with exactly one completed record per trial.
 """
 
