@@ -37,7 +37,7 @@ def _reports_bad_input(handler):
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
-        from experiments.records import RecordError
+        from engram_lab.records import RecordError
 
         try:
             return handler(args)

@@ -10,7 +10,7 @@ Columns:
     versions.<k>            library versions
     eval/<task>/<metric>    an eval record's value, with ``eval/<task>/<metric>_stderr`` beside it
     eval/<task>__memory_off/<metric>   the same task evaluated with Engram suppressed at inference (the suffix is
-                            the one ``experiments.records.eval_path`` gives the file)
+                            the one ``engram_lab.records.eval_path`` gives the file)
     model                   a label to group evals by: ``axes.model``, else the Engram variant, else moe / dense
     record_path             the file the row was read from (None for records built in memory)
 
@@ -27,7 +27,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from experiments.records import RecordError, read_eval_record, read_run_record
+from engram_lab.records import RecordError, read_eval_record, read_run_record
 
 TOP_LEVEL = ("run_id", "sweep", "experiment", "seed", "status", "reason", "diverged_step", "checkpoint",
              "wall_time_s", "device", "git_commit", "created")

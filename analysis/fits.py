@@ -1,6 +1,6 @@
 """Fitted laws from the run table, one per paper experiment, saved as ``fits.json``.
 
-Which runs feed which fit is decided by the record's ``experiment`` field (experiments/records.py):
+Which runs feed which fit is decided by the record's ``experiment`` field (engram_lab/records.py):
 
     u_curve         allocation       val_loss vs achieved rho (accounting.rho), per axes.budget
     memory_scaling  memory_scaling   val_loss vs accounting.engram_slots, per method (axes.method, else the variant)
@@ -23,7 +23,7 @@ from statsmodels.stats.oneway import anova_oneway
 
 from analysis import stats
 from analysis.data import completed_runs, exclusion_summary
-from experiments.records import write_atomic
+from engram_lab.files import write_atomic
 
 LOSS = "metrics.val_loss"
 SCHEMA = "engram-lab/fits/1"

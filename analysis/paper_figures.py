@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Iterable
 
 from analysis import claims, data, fits as fitting, plotting, probes, report, tables
-from analysis.outputs import analysis_dir, write_text_atomic
+from engram_lab.records import analysis_dir
+from engram_lab.files import write_text_atomic
 
 STEPS = ("fits", "tables", "figures", "report")
 

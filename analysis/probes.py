@@ -1,5 +1,5 @@
 """Probe records -> the mechanistic figures of PAPER.md section 6, drawn only from the records (eval/probes.py writes
-them; experiments/records.py defines them). Probes are optional: a sweep without a probes folder simply has none.
+them; engram_lab/records.py defines them). Probes are optional: a sweep without a probes folder simply has none.
 
     logit_lens    KL to the final output per layer, one line per model (the paper's LogitLens figure)
     cka           per model pair: CKA heatmap with the matched layers over it, and the layer-matching curve
@@ -21,7 +21,7 @@ import pandas as pd
 import seaborn as sns
 
 from analysis.plotting import COLUMN_IN, HEIGHT_IN, PAGE_IN, save, style  # sets the Agg backend before any figure
-from experiments.records import read_probe_record
+from engram_lab.records import read_probe_record
 
 GATE_CMAP = "Reds"
 DARK = 0.6  # gate values whose background is dark enough for white text

@@ -1,7 +1,7 @@
 """Synthetic records drawn from known laws, to prove the fitters before real data reaches them (DESIGN.md, style
 habit 11) and to give tests and demos complete, valid records.
 
-Every simulator returns run-record dicts with all of ``experiments.records.RUN_FIELDS``; :func:`write_sweep` puts
+Every simulator returns run-record dicts with all of ``engram_lab.records.RUN_FIELDS``; :func:`write_sweep` puts
 them (and eval and probe records) on disk in the layout the loader reads. The default laws carry the paper's
 magnitudes (PAPER.md sections 1, 2, 4) only so that figures look like the paper's; nothing in the analysis reads
 them back.
@@ -14,7 +14,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from experiments.records import eval_path, probe_path, run_id, run_path, write_atomic
+from engram_lab.records import eval_path, probe_path, run_id, run_path
+from engram_lab.files import write_atomic
 
 CREATED = "2026-01-01T00:00:00+00:00"
 
@@ -264,7 +265,7 @@ def simulate_probes(rng: np.random.Generator, run: dict, n_layers: int = 12, tok
 
 def write_sweep(results: str | Path, runs: Iterable[dict], evals: Iterable[dict] = (),
                 probes: Iterable[dict] = ()) -> list[Path]:
-    """Write records as real files in the layout of experiments/records.py (runs/, evals/ and probes/ per run)."""
+    """Write records as real files in the layout of engram_lab/records.py (runs/, evals/ and probes/ per run)."""
     paths = [write_atomic(run_path(results, r["sweep"], r["run_id"]), r) for r in runs]
     paths += [write_atomic(eval_path(results, e["sweep"], e["run_id"], e["task"], e["memory"]), e) for e in evals]
     paths += [write_atomic(probe_path(results, p["sweep"], p["run_id"], p["kind"], p["against"]), p) for p in probes]

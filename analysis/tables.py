@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.outputs import write_text_atomic
+from engram_lab.files import write_text_atomic
 
 RUN_COLUMNS = ("run_id", "sweep", "experiment", "status", "seed", "model", "accounting.rho", "accounting.P_tot",
                "accounting.P_act", "accounting.engram_slots", "metrics.train_loss", "metrics.val_loss", "reason")

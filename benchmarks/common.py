@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from engram.device import device_name
-from experiments.records import write_atomic
+from engram_lab.files import write_atomic
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "benchmarks"
 

@@ -129,7 +129,7 @@ def main() -> None:
     from eval.run import evaluate
     from eval.tasks import TaskOptions
     from experiments.checkpoint import load_trial_config
-    from experiments.records import write_atomic
+    from engram_lab.files import write_atomic
 
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:

@@ -76,7 +76,7 @@ def eval_command(args: argparse.Namespace) -> int:
     from eval.lm import NoMemory
     from eval.run import evaluate, table
     from eval.tasks import TaskError, TaskOptions
-    from experiments.records import eval_path
+    from engram_lab.records import eval_path
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     options = TaskOptions(bbh_path=Path(args.bbh_path) if args.bbh_path else None,

@@ -72,7 +72,7 @@ def probe_command(args: argparse.Namespace) -> int:
     for note in run.skipped:
         print(f"skipped {note}")
     if args.figures and run.records:
-        from analysis.outputs import analysis_dir
+        from engram_lab.records import analysis_dir
         from analysis.probes import draw_all, load_probes
 
         folders = sorted({rec["sweep"] or "_runs" for rec in run.records})

@@ -1,4 +1,4 @@
-"""Mechanistic probes (PAPER.md section 6) on checkpoints, each written as a probe record (experiments/records.py).
+"""Mechanistic probes (PAPER.md section 6) on checkpoints, each written as a probe record (engram_lab/records.py).
 
     logit_lens(model, inputs)              KL(final output || a layer read through the final norm and head), per layer
     cka(model_a, model_b, inputs)          linear CKA (unbiased HSIC) between every layer of A and every layer of B
@@ -40,7 +40,8 @@ from engram.memory import Engram
 from engram.model import EngramLM
 from experiments.config import TrialConfig
 from experiments.data import ValidationSet, materialise
-from experiments.records import portable_path, probe_path, write_atomic
+from engram_lab.records import portable_path, probe_path
+from engram_lab.files import write_atomic
 from experiments.synthetic import KIND, SyntheticCorpus
 from experiments.tokenizer import Tokenizer
 

@@ -1,7 +1,7 @@
 """One evaluation, end to end: checkpoint + task names -> ``lm_eval.simple_evaluate`` -> one eval record per task.
 
 Records go to ``<results>/<sweep>/evals/<run_id>/<task>.json`` (``<task>__memory_off.json`` with the memory
-suppressed), in the format of :mod:`experiments.records`: run_id, sweep, task, task_version, num_fewshot, limit,
+suppressed), in the format of :mod:`engram_lab.records`: run_id, sweep, task, task_version, num_fewshot, limit,
 lm_eval_version, memory, metrics ``{metric: {"value", "stderr"}}``, checkpoint, created, plus ``n_samples`` (the
 documents scored, which ``limit`` may cut). The run id and sweep are those of the run that produced the checkpoint, so
 the records join its run record. A group (``engram_ruler_1024``, ``mmlu``) gets a record of its aggregate beside
@@ -18,9 +18,10 @@ import re
 from pathlib import Path
 
 from experiments.config import trial_id
-from experiments.records import eval_path, portable_path, write_atomic
+from engram_lab.records import eval_path, portable_path
+from engram_lab.files import write_atomic
 
-RUN_ID = re.compile(r"[0-9a-f]{12}")  # experiments.records.run_id: 12 hex digits
+RUN_ID = re.compile(r"[0-9a-f]{12}")  # engram_lab.records.run_id: 12 hex digits
 
 
 class RecordExists(FileExistsError):

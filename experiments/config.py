@@ -18,7 +18,7 @@ from engram.budget import solve
 from engram.config import ConfigError, ModelConfig, build
 from experiments.data import DataConfig, identity
 from experiments.optim import OptimConfig
-from experiments.records import run_id
+from engram_lab.records import run_id
 
 
 @dataclass

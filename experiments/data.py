@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from engram.config import ConfigError
-from experiments.records import waiting_lock
+from engram_lab.files import waiting_lock
 from experiments.synthetic import CATEGORIES, SyntheticConfig, SyntheticCorpus
 from experiments.text import is_validation, iter_file_documents, iter_hub_documents
 from experiments.tokenizer import Tokenizer, cache_dir, load_named, train_bpe

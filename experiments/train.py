@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import math
 import os
 import platform
@@ -26,7 +25,8 @@ import torch
 from engram.budget import count
 from engram.device import device_name, mfu
 from experiments.config import TrainConfig, TrialConfig, resolve, trial_from_dict, trial_id
-from experiments.records import portable_path, read_json, run_path, write_atomic
+from engram_lab.files import exclusive_lock, write_atomic
+from engram_lab.records import portable_path, read_json, run_path
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_STEPS_EXCLUDED = 10  # steps left out of tokens_per_second_steady
@@ -66,26 +66,13 @@ class TrialFailed(RuntimeError):
         super().__init__(record["reason"])
 
 
-@contextlib.contextmanager
-def trial_lock(run_dir: Path):
+def trial_lock(run_dir: Path) -> exclusive_lock:
     """Exclusive lock on a trial's folder, released by the kernel when its holder dies (so a lock never goes stale).
 
-    Two drivers, two array tasks or a requeued job and its ghost can never train the same trial at once.
+    Two drivers, two array tasks or a requeued job and its ghost can never train the same trial at once; the
+    holder's host, pid and SLURM job id are in ``.lock.holder``.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TrialBusy(f"{run_dir} is being trained by another process") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.uname().nodename} {os.getpid()} {os.environ.get('SLURM_JOB_ID', '')}\n")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return exclusive_lock(run_dir / ".lock", TrialBusy, f"{run_dir} is being trained by another process")
 
 
 def launch_rank(train: TrainConfig) -> int:

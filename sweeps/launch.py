@@ -29,7 +29,8 @@ import submitit
 
 from engram.config import build
 from experiments.config import TrialConfig
-from experiments.records import read_json, run_path, waiting_lock, write_atomic
+from engram_lab.records import read_json, run_path
+from engram_lab.files import waiting_lock, write_atomic
 from experiments.train import TrialBusy, TrialFailed, run_trial, trial_dir, trial_lock
 from sweeps.plan import format_plan, plan_rows
 from sweeps.spec import PlannedTrial, SweepSpec, expand, load_spec, on_slurm, spec_text

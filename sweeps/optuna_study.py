@@ -19,7 +19,7 @@ import submitit
 from optuna.trial import TrialState
 
 from engram.config import ConfigError
-from experiments.records import write_atomic
+from engram_lab.files import write_atomic
 from experiments.train import TrialBusy, TrialFailed, run_trial
 from sweeps.launch import SweepOutcome, SweepPaths, append_ledger, driver_lock, lock_held, make_executor, now
 from sweeps.plan import format_plan, plan_rows

@@ -7,7 +7,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from experiments.records import read_json
+from engram_lab.records import read_json
 from sweeps.launch import SweepPaths, trial_states
 from sweeps.study import default_storage_url, load
 

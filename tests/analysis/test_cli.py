@@ -7,7 +7,7 @@ import pytest
 
 from analysis.simulate import make_run_record, quadratic_law, simulate_u_curve, write_sweep
 from engram_lab.cli import main
-from experiments.records import run_path
+from engram_lab.records import run_path
 
 LAW = {"2e20": quadratic_law(1.8, 0.78, 0.3)}
 

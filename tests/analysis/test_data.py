@@ -9,7 +9,7 @@ import pytest
 
 from analysis import data, fits
 from analysis.simulate import make_eval_record, make_run_record, simulate_u_curve, write_sweep
-from experiments.records import RUN_FIELDS, RecordError, run_path
+from engram_lab.records import RUN_FIELDS, RecordError, run_path
 
 
 def _sweep(tmp_path, runs, evals=()):

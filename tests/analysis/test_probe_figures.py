@@ -5,7 +5,8 @@ import pytest
 
 from analysis import probes
 from analysis.simulate import make_run_record, simulate_probes, write_sweep
-from experiments.records import RecordError, probe_path, write_atomic
+from engram_lab.records import RecordError, probe_path
+from engram_lab.files import write_atomic
 
 
 def test_load_probes_reads_every_record_of_a_sweep_and_names_a_malformed_one(tmp_path):

@@ -19,7 +19,7 @@ from eval.lm import EngramEvalLM
 from eval.run import checkpoint_run_id
 from eval.tasks import TaskOptions, prepare, task_manager
 from experiments.config import trial_id
-from experiments.records import EVAL_FIELDS, eval_path, read_eval_record
+from engram_lab.records import EVAL_FIELDS, eval_path, read_eval_record
 from experiments.tokenizer import Tokenizer
 
 from .conftest import CONTEXT

@@ -12,7 +12,7 @@ from engram.config import EngramConfig
 from engram.model import EngramLM
 from engram_lab.cli import main
 from eval import probes
-from experiments.records import PROBE_FIELDS, probe_path, read_probe_record
+from engram_lab.records import PROBE_FIELDS, probe_path, read_probe_record
 from tests.engram.variants import base
 
 # two Engram layers with two hyper-connection branches each: four gate channels

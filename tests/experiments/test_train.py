@@ -19,7 +19,7 @@ from engram.budget import count
 from engram.model import EngramLM
 from experiments.checkpoint import load_model
 from experiments.config import resolve, trial_from_dict, trial_id
-from experiments.records import read_run_record
+from engram_lab.records import read_run_record
 from experiments.train import TrialFailed, model_of, run_trial, trial_lock
 
 from .tiny import tiny
@@ -239,7 +239,7 @@ def test_ranks_started_together_all_stop_when_the_trial_is_busy(tmp_path):
 
 
 def test_records_name_checkpoints_inside_the_working_directory_relatively(tmp_path, monkeypatch):
-    from experiments.records import portable_path
+    from engram_lab.records import portable_path
 
     (tmp_path / "runs" / "model").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)

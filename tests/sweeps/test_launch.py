@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.records import read_run_record
+from engram_lab.records import read_run_record
 from sweeps.launch import run_sweep
 from sweeps.spec import expand, load_spec
 from sweeps.study import load, trials_by_run
@@ -78,7 +78,7 @@ def stop(job_id: str, executor: str, run_dir: Path) -> None:
     lock; the one-node cluster runs on this machine) and, for the local executor, to the job's own process. Through
     SLURM alone it cannot be done reliably: ``scancel --signal=KILL --full`` reaches srun, which hands the job step
     SIGTERM (submitit lets it pass) and kills it only after KillWait, time enough for a tiny trial to finish."""
-    trainer_pid = int((run_dir / ".lock").read_text().split()[1])
+    trainer_pid = int((run_dir / ".lock.holder").read_text().split()[1])
     for pid in (trainer_pid,) if executor == "slurm" else (int(job_id), trainer_pid):
         try:
             os.kill(pid, signal.SIGKILL)
@@ -99,7 +99,7 @@ def test_sweep_survives_requeue_cancel_and_a_dead_driver(tmp_path, executor):
     ledger = wait_for(lambda: len(read_ledger_at(work)) >= 2 and read_ledger_at(work), 240, "two submissions")
     a, b = ids[0], ids[1]
     # trial b: killed while it runs -> recorded failed
-    wait_for(lambda: (work / b / ".lock").exists() and (work / b / ".lock").read_text().strip(), 240,
+    wait_for(lambda: (work / b / ".lock.holder").exists() and (work / b / ".lock.holder").read_text().strip(), 240,
              "trial b to start")
     stop(ledger[b]["job_id"], executor, work / b)
     if executor == "slurm":

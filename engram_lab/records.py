@@ -1,9 +1,10 @@
-"""Run and eval records: the contract between stages (DESIGN.md, "The flow of data").
+"""Run, eval and probe records: the contract between stages (DESIGN.md, "The flow of data"). Training, evaluation,
+probes and analysis all import it, and it imports none of them.
 
 One JSON object per trial (``results/<sweep>/runs/<run_id>.json``), one per (checkpoint, task)
 (``results/<sweep>/evals/<run_id>/<task>.json``) and one per (checkpoint, probe kind[, other checkpoint])
-(``results/<sweep>/probes/<run_id>/<kind>[__vs_<other run_id>].json``), each written atomically (temporary file,
-fsync, rename). Nothing downstream reads a stage's internals, only these records.
+(``results/<sweep>/probes/<run_id>/<kind>[__vs_<other run_id>].json``), each written atomically
+(:func:`engram_lab.files.write_atomic`). Nothing downstream reads a stage's internals, only these records.
 
 Run record fields:
     run_id        hash of the resolved trial config (:func:`run_id`)
@@ -51,14 +52,10 @@ Probe record fields (the mechanistic probes of PAPER.md section 6, written by :m
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Iterable
 
 RUN_STATUSES = ("completed", "failed", "diverged")
 RUN_FIELDS = ("run_id", "sweep", "experiment", "axes", "seed", "status", "reason", "diverged_step", "config",
@@ -81,43 +78,6 @@ def run_id(resolved_config: dict) -> str:
     """A stable 12-hex-digit id of a resolved config (sorted-key JSON, so field order never matters)."""
     blob = json.dumps(resolved_config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def write_atomic(path: str | Path, payload: Any, overwrite: bool = True) -> Path:
-    """Write JSON to ``path`` via a temporary file in the same folder, fsync and rename: never half-written.
-
-    With ``overwrite=False`` an existing file is left untouched and :class:`FileExistsError` is raised.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not overwrite and path.exists():
-        raise FileExistsError(f"{path} exists and is never overwritten")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1, sort_keys=True, default=_jsonable)
-            f.flush()
-            os.fsync(f.fileno())
-        if not overwrite:
-            os.link(tmp, path)  # atomic create-if-absent: fails if another writer got there first
-            os.unlink(tmp)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _jsonable(x: Any) -> Any:
-    if hasattr(x, "item"):
-        return x.item()
-    if isinstance(x, (set, tuple)):
-        return list(x)
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
 
 
 def read_json(path: str | Path) -> dict:
@@ -165,20 +125,6 @@ def read_probe_record(path: str | Path) -> dict:
     return data
 
 
-@contextlib.contextmanager
-def waiting_lock(path: str | Path):
-    """Hold an exclusive lock on the file ``path`` (created with its folder), waiting for any other holder; the
-    kernel releases it when its holder dies, so it never goes stale."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def portable_path(path: str | Path) -> str:
     """``path`` relative to the working directory where it lies inside it (so a record names the same checkpoint on
     any machine that runs from a checkout), else absolute."""
@@ -201,3 +147,11 @@ def eval_path(results: str | Path, sweep: str, rid: str, task: str, memory: str 
 def probe_path(results: str | Path, sweep: str, rid: str, kind: str, against: str | None = None) -> Path:
     suffix = f"__vs_{against}" if against else ""
     return Path(results) / (sweep or "_runs") / "probes" / rid / f"{kind}{suffix}.json"
+
+
+def analysis_dir(results: str | Path, sweeps: Iterable[str]) -> Path:
+    """``results/<sweep>`` for one sweep; ``results/_combined/<a>+<b>...`` when several are pooled."""
+    names = sorted(sweeps)
+    if len(names) == 1:
+        return Path(results) / names[0]
+    return Path(results) / "_combined" / "+".join(names)
