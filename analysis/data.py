@@ -27,7 +27,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from engram_lab.records import RecordError, read_eval_record, read_run_record
+from engram_lab.records import RecordError, read_eval_record, read_run_record, run_path
 
 TOP_LEVEL = ("run_id", "sweep", "experiment", "seed", "status", "reason", "diverged_step", "checkpoint",
              "wall_time_s", "device", "git_commit", "created")
@@ -53,6 +53,8 @@ def read_sweep(results: str | Path, sweep: str) -> tuple[list[tuple[Path, dict]]
         rec = read_run_record(path)
         if rec["run_id"] != path.stem:
             raise RecordError(f"{path}: run_id {rec['run_id']!r} does not match the file name")
+        if run_path(results, rec["sweep"], rec["run_id"]) != path:
+            raise RecordError(f"{path}: the record belongs to sweep {rec['sweep']!r}, not to {sweep!r}")
         runs.append((path, rec))
     evals = []
     for path in sorted((folder / "evals").glob("*/*.json")):

@@ -96,7 +96,7 @@ def budget_order(value) -> float:
 
 
 def fit_u_curve(df: pd.DataFrame, level: float = stats.LEVEL, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Quadratic (and cubic, for comparison) fits of val_loss on achieved rho, one per ``axes.budget``."""
+    """U-curve fits of val_loss on achieved rho, one per ``axes.budget`` (see :func:`fit_u_curve_group`)."""
     runs, n_excl = _experiment(df, EXPERIMENTS["u_curve"])
     if runs.empty:
         return _none("allocation", n_excl)
@@ -107,29 +107,40 @@ def fit_u_curve(df: pd.DataFrame, level: float = stats.LEVEL, n_boot: int = 2000
         bad = df[(df["experiment"] == "allocation") & (df["status"] != "completed")]
         bb = bad["axes.budget"].astype(str) if "axes.budget" in bad else pd.Series("all", index=bad.index)
         excluded_by_budget = bb.value_counts().to_dict()
+    draws = {}
     for budget in sorted(budgets.unique(), key=budget_order):
         group = runs[budgets == budget]
-        out["budgets"][budget] = fit_u_curve_group(group, level, n_boot, seed, excluded_by_budget.get(budget, 0))
-        out["budgets"][budget]["budget"] = budget
-    out["stability"] = _rho_star_stability(out["budgets"], level)
+        fit, draws[budget] = _fit_u_curve_group(group, level, n_boot, seed, excluded_by_budget.get(budget, 0))
+        out["budgets"][budget] = {**fit, "budget": budget}
+    out["stability"] = _rho_star_stability(out["budgets"], draws, level, seed)
     out["verdict"] = "; ".join(f"{b}: {f['verdict']}" for b, f in out["budgets"].items())
     return out
 
 
 def fit_u_curve_group(runs: pd.DataFrame, level: float = stats.LEVEL, n_boot: int = 2000, seed: int = 0,
                       n_excluded: int = 0) -> dict:
-    """The U-curve fit of one budget's completed runs (see :func:`analysis.stats.quadratic_optimum`).
+    """The U-curve fit of one budget's completed runs: the quadratic with its intervals, and the law chosen by AICc.
 
-    With at least two seeds at every rho the fit is WLS on the per-rho means with weights 1/variance of the mean.
-    Each point's seed variance is shrunk toward the pooled one, the pooled variance weighing twice the median
-    per-point df (a typical point's own variance gets a third of the weight): a variance from two or three seeds
-    can be near zero by chance and would hand that point the whole fit. The residual scale is still estimated from
-    the fit, so lack of fit widens the intervals. Otherwise (a rho with one seed) OLS on the runs.
+    ``optimum`` (what the verdicts read) is rho* of the law chosen by AICc among a quadratic, a cubic and an
+    asymmetric U, with a bootstrap over seeds that chooses the law again in every resample
+    (:func:`analysis.stats.u_model_choice`); ``selection`` holds every law's fit and AICc, ``noise_floor`` the
+    seed-to-seed spread at each rho.
 
-    Measured coverage of the 95% rho* intervals (1000 draws of a quadratic law, 10 rho values): one seed (OLS)
-    0.945; two seeds 0.93 (delta) / 0.92 (bootstrap), whatever the shrinkage, the ratio -b/2c being strongly
-    nonlinear at that noise; three seeds 0.94; heteroscedastic seed noise 0.97.
+    The quadratic (``params``, ``rho_star``, ``curvature``, ``interior``, ``loss_gap_rho1``; what the figure
+    draws) stays as it was: with at least two seeds at every rho it is WLS on the per-rho means with weights
+    n / seed variance (:func:`analysis.stats.seed_variances`), its residual scale still estimated from the fit so
+    that lack of fit widens the intervals; otherwise (a rho with one seed) OLS on the runs.
+
+    Measured coverage of the quadratic's 95% rho* intervals (1000 draws of a quadratic law, 10 rho values): one
+    seed (OLS) 0.945; two seeds 0.93 (delta) / 0.92 (bootstrap), whatever the shrinkage, the ratio -b/2c being
+    strongly nonlinear at that noise; three seeds 0.94; heteroscedastic seed noise 0.97.
     """
+    return _fit_u_curve_group(runs, level, n_boot, seed, n_excluded)[0]
+
+
+def _fit_u_curve_group(runs: pd.DataFrame, level: float, n_boot: int, seed: int,
+                       n_excluded: int) -> tuple[dict, np.ndarray | None]:
+    """:func:`fit_u_curve_group` and the chosen law's bootstrap draws of rho* (None without a chosen law)."""
     no_rho = runs["accounting.rho"].isna() if "accounting.rho" in runs else pd.Series(True, index=runs.index)
     runs = runs[~no_rho]
     base = {"experiment": "allocation", "x": "accounting.rho", "y": LOSS, "n": int(len(runs)),
@@ -140,22 +151,18 @@ def fit_u_curve_group(runs: pd.DataFrame, level: float = stats.LEVEL, n_boot: in
               .agg(n="count", mean="mean", sd="std").reset_index())
     base["n_points"] = int(len(points))
     base["points"] = points.to_dict("records")
+    base["noise_floor"] = _noise_floor(points)
     if len(points) < 4:
         return {**base, "status": "insufficient data",
-                "verdict": f"cannot tell: {len(points)} distinct rho values, a quadratic with an interval needs 4"}
-    if (points["n"] >= 2).all():
-        df_i = points["n"] - 1
-        pooled = float(((points["sd"] ** 2) * df_i).sum() / df_i.sum())
-        prior = 2.0 * float(df_i.median())
-        var = (df_i * points["sd"] ** 2 + prior * pooled) / (df_i + prior)
-        x, y, w = points["rho"].to_numpy(), points["mean"].to_numpy(), (points["n"] / var).to_numpy()
-        if not np.all(np.isfinite(w)):
-            x, y, w = x_run, y_run, None
-        method = "WLS on per-rho means, weights n / seed variance (shrunk to the pooled variance)"
-    else:
+                "verdict": f"cannot tell: {len(points)} distinct rho values, a quadratic with an interval needs 4"
+                }, None
+    var = stats.seed_variances(points["n"], points["sd"])
+    if var is None:  # fewer than two seeds somewhere, or no seed spread at all: the runs themselves are the data
         x, y, w = x_run, y_run, None
-    if w is None:  # fewer than two seeds somewhere, or no seed spread at all: the runs themselves are the data
         method = "OLS on runs"
+    else:
+        x, y, w = points["rho"].to_numpy(), points["mean"].to_numpy(), points["n"].to_numpy() / var
+        method = "WLS on per-rho means, weights n / seed variance (shrunk to the pooled variance)"
     q = stats.quadratic_optimum(x, y, w, level=level, n_boot=n_boot, seed=seed, ref=1.0)
     out = {**base, "status": "ok", "method": method, "coefficients": q["coefficients"], **q["quality"],
            "params": q["params"], "cov": q["cov"], "rho_range": q["x_range"], "rho_star": q["optimum"],
@@ -164,42 +171,62 @@ def fit_u_curve_group(runs: pd.DataFrame, level: float = stats.LEVEL, n_boot: in
            # residual variance of one run: the fit's scale for OLS on runs; for WLS on means, scale / mean weight x n
            "scale_per_run": q["scale"] if w is None else q["scale"] * float(np.mean(points["n"] / w))}
     out["n_fit_rows"] = int(len(x))
-    if len(x) - 4 >= 1:
-        alt = stats.cubic_alternative(x, y, w, level)
-        out["alternative"] = {"formula": "val_loss = a + b*rho + c*rho^2 + d*rho^3", **alt}
-        out["preferred_by_aic"] = "quadratic" if q["quality"]["aic"] <= alt["quality"]["aic"] else "cubic"
-        out["preferred_by_bic"] = "quadratic" if q["quality"]["bic"] <= alt["quality"]["bic"] else "cubic"
+    seeds = runs["seed"].to_numpy() if "seed" in runs and runs["seed"].notna().all() else None
+    choice, draws = stats.u_model_choice(x_run, y_run, seeds, level=level, n_boot=n_boot, seed=seed)
+    out["selection"] = choice and choice["selection"]
+    out["optimum"] = choice and choice["optimum"]
     out["verdict"] = _u_verdict(out, level)
-    return out
+    return out, draws
+
+
+def _noise_floor(points: pd.DataFrame) -> dict:
+    """Seed-to-seed sd of val_loss at each rho with two or more runs, their mean, and the pooled sd."""
+    seeded = points[points["n"] >= 2]
+    df_i = seeded["n"] - 1
+    return {"per_rho": seeded[["rho", "n", "sd"]].to_dict("records"),
+            "mean_sd": float(seeded["sd"].mean()) if len(seeded) else None,
+            "pooled_sd": math.sqrt(float((seeded["sd"] ** 2 * df_i).sum() / df_i.sum())) if len(seeded) else None}
+
+
+RESAMPLED = {"paired seeds": "seeds within each rho, seed offsets removed", "runs within rho": "runs within each rho",
+             "residuals": "residuals (a rho has a single run)"}
 
 
 def _u_verdict(f: dict, level: float) -> str:
-    r, c, g = f["rho_star"], f["curvature"], f["loss_gap_rho1"]
-    pct = f"{round(level * 100)}%"
-    where = (f"rho* = {r['estimate']:.3f} ({pct} CI {_fmt_ci(r['ci_delta'], 3)} delta method, "
-             f"{_fmt_ci(r['ci_bootstrap'], 3)} bootstrap)")
-    if f["interior"]:
-        return (f"U-shaped: interior optimum at {where}; curvature p = {c['p_positive']:.2g}; pure MoE (rho = 1) "
-                f"costs {g['estimate']:.4f} in loss (bootstrap CI {_fmt_ci(g['ci_bootstrap'])})")
-    if c["estimate"] <= 0 or c["p_positive"] >= 1 - level:
-        return (f"no interior optimum shown: curvature {c['estimate']:.3g} is not significantly positive "
-                f"(p = {c['p_positive']:.2g}); the points are consistent with a monotone or flat curve")
+    o = f["optimum"]
+    if o is None:
+        return (f"cannot tell: {f['n']} runs at {f['n_points']} rho values are too few to set laws against each "
+                f"other (AICc)")
+    b = o["bootstrap"]
     lo, hi = f["rho_range"]
-    return (f"curved, but the optimum is not shown inside the sampled range [{lo:.2f}, {hi:.2f}]: {where}; "
-            f"no interior optimum shown")
+    where = (f"rho* = {o['estimate']:.3f} ({o['model']} law, chosen by AICc; {round(level * 100)}% CI "
+             f"{_fmt_ci(o['ci_bootstrap'], 3)} from {b['draws']} resamples of {RESAMPLED[b['scheme']]}, interior in "
+             f"{b['share_interior']:.0%})")
+    noise = f["noise_floor"]["mean_sd"]
+    noise = "" if noise is None else f"; seed-to-seed sd {noise:.4f}"
+    if o["interior_shown"]:
+        g = o["loss_gap_rho1"]
+        gap = "" if g is None else (f"; pure MoE (rho = 1) costs {g['estimate']:.4f} in loss "
+                                    f"(CI {_fmt_ci(g['ci_bootstrap'])})")
+        return f"U-shaped: interior optimum at {where}{gap}{noise}"
+    return (f"no interior optimum shown in [{lo:.2f}, {hi:.2f}]: {where}; the lowest loss is at rho = {lo:.2f} in "
+            f"{b['share_at_low']:.0%} of resamples and at rho = {hi:.2f} in {b['share_at_high']:.0%}{noise}")
 
 
-def _rho_star_stability(budgets: dict, level: float) -> dict | None:
-    """rho* of the largest budget minus that of the smallest, with a delta-method interval (independent fits)."""
-    fitted = [(b, f) for b, f in budgets.items() if f.get("status") == "ok" and f["curvature"]["estimate"] > 0]
+def _rho_star_stability(budgets: dict, draws: dict, level: float, seed: int) -> dict | None:
+    """rho* of the largest budget minus that of the smallest (each the chosen law's), with a bootstrap interval.
+
+    The budgets' runs are independent, so are their bootstrap draws; one budget's draws are shuffled so that the
+    same generator stream does not pair resamples that picked the same seeds.
+    """
+    fitted = [(b, f) for b, f in budgets.items() if f.get("optimum")]
     if len(fitted) < 2:
         return None
     (b0, f0), (b1, f1) = fitted[0], fitted[-1]
-    d = f1["rho_star"]["estimate"] - f0["rho_star"]["estimate"]
-    se = math.hypot(f0["rho_star"]["se_delta"], f1["rho_star"]["se_delta"])
-    df = min(f0["df_resid"], f1["df_resid"])  # conservative: the smaller residual df of the two fits
-    tq = stats.t_quantile(level, df)
-    return {"budgets": [b0, b1], "difference": d, "se": se, "ci": [d - tq * se, d + tq * se]}
+    diff = np.random.default_rng(seed).permutation(draws[b1]) - draws[b0]
+    return {"budgets": [b0, b1], "difference": f1["optimum"]["estimate"] - f0["optimum"]["estimate"],
+            "se": float(diff.std(ddof=1)), "ci": stats.percentile_interval(diff, 1 - level),
+            "interval": "seed-bootstrap percentile interval of the difference of the chosen laws' rho*"}
 
 
 # --- memory scaling -----------------------------------------------------------------------------------------------

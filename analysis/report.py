@@ -79,6 +79,7 @@ def _data(df: pd.DataFrame, fits: dict) -> str:
         lines.append(tables.to_markdown(pd.DataFrame(bad)))
     if fits.get("orphan_evals"):
         lines.append(f"Eval records without a run record (not in the table): {', '.join(fits['orphan_evals'])}.\n")
+    lines.append(_noise_floor(df))
     alloc = df[(df["experiment"] == "allocation") & (df["status"] == "completed")] if not df.empty else df
     if not alloc.empty and {"accounting.P_tot", "accounting.P_act"} <= set(alloc.columns):
         b = alloc["axes.budget"].astype(str) if "axes.budget" in alloc else pd.Series("all", index=alloc.index)
@@ -91,6 +92,16 @@ def _data(df: pd.DataFrame, fits: dict) -> str:
         lines.append("Allocation budgets as trained (the paper keeps P_tot / P_act ~ 10 at 5.7B and 9.9B total):\n")
         lines.append(tables.to_markdown(acc))
     return "\n".join(lines) + "\n"
+
+
+def _noise_floor(df: pd.DataFrame) -> str:
+    summary = tables.noise_summary(tables.noise_floor(df))
+    if summary.empty:
+        return ("Noise floor: unknown, no grid point has two or more completed seeds (a spec's `seeds:` axis runs "
+                "every point at several).\n")
+    return ("Noise floor: the sd of validation loss across seeds at one grid point, over the points with two or more "
+            "(each point in `tables/noise.md`); a difference between two single runs scatters by 1.4 times it:\n\n"
+            + tables.to_markdown(summary))
 
 
 def _coef_rows(coefs: dict) -> str:

@@ -67,8 +67,9 @@ def make_run_record(*, sweep: str = "synthetic", experiment: str = "smoke", axes
     """
     axes = dict(axes or {})
     model = model if model is not None else model_config(engram={})
+    # A real config determines its axes; a simulated one names them itself, so that each point has its own id.
     config = {"model": model, "train": {"seed": seed, "lr": 3e-3, "batch_size": 32}, "data": {"kind": "synthetic"},
-              "experiment": experiment, "axes": axes}
+              "experiment": experiment, "sweep": sweep, "seed": seed, "axes": axes, "simulated_point": axes}
     if status == "completed" and val_loss is None:
         val_loss = 2.0
     m = {"train_loss": None if val_loss is None else val_loss - 0.02, "val_loss": val_loss,
@@ -80,7 +81,7 @@ def make_run_record(*, sweep: str = "synthetic", experiment: str = "smoke", axes
         reason = "loss became NaN" if status == "diverged" else "CUDA out of memory"
     if status == "diverged" and diverged_step is None:
         diverged_step = 120
-    rec = {"run_id": run_id({**config, "sweep": sweep}), "sweep": sweep, "experiment": experiment, "axes": axes,
+    rec = {"run_id": run_id(config), "sweep": sweep, "experiment": experiment, "axes": axes,
            "seed": seed, "status": status, "reason": reason, "diverged_step": diverged_step, "config": config,
            "accounting": acct if acct is not None else accounting(), "metrics": m,
            "checkpoint": None if status != "completed" else f"runs/ckpt/{seed}.ckpt", "wall_time_s": 600.0,
@@ -106,18 +107,42 @@ def quadratic_law(l_min: float, rho_star: float, curvature: float) -> Callable[[
     return lambda rho: l_min + curvature * (np.asarray(rho, float) - rho_star) ** 2
 
 
+def split_quadratic_law(l_min: float, rho_star: float, left: float, right: float) -> Callable[[np.ndarray], np.ndarray]:
+    """L(rho) = l_min + left * (rho - rho_star)² below rho_star, l_min + right * (rho - rho_star)² above: a U with
+    its own curvature on each side (the asymmetric law of analysis.stats.U_MODELS), its minimum at rho_star."""
+    def law(rho):
+        d = np.asarray(rho, float) - rho_star
+        return l_min + np.where(d < 0, left, right) * d * d
+    return law
+
+
+def linex_law(l_min: float, rho_star: float, scale: float, skew: float) -> Callable[[np.ndarray], np.ndarray]:
+    """L(rho) = l_min + scale * (exp(skew d) - skew d - 1), d = rho - rho_star (Varian's LINEX loss): smooth, its
+    minimum exactly at rho_star, the arm on the side of sign(skew) rising exponentially and the other about
+    linearly. None of the fitted laws has this form, so it tests the law choice on a shape it was not built for."""
+    def law(rho):
+        d = np.asarray(rho, float) - rho_star
+        return l_min + scale * (np.exp(skew * d) - skew * d - 1)
+    return law
+
+
 PAPER_LIKE_U = {"2e20": quadratic_law(1.8155, 0.78, 0.28), "6e20": quadratic_law(1.7105, 0.78, 0.29)}
 DEFAULT_RHOS = tuple(np.round(np.linspace(0.1, 1.0, 10), 3))
 
 
 def simulate_u_curve(rng: np.random.Generator, laws: dict[str, Callable] | None = None,
                      rhos: Iterable[float] = DEFAULT_RHOS, seeds: int = 1, noise: float = 0.0015,
-                     sweep: str = "synthetic-allocation") -> list[dict]:
-    """Allocation runs: for each budget and rho, ``seeds`` runs with loss law(rho) + N(0, noise²)."""
+                     seed_effect: float = 0.0, sweep: str = "synthetic-allocation") -> list[dict]:
+    """Allocation runs: for each budget and rho, ``seeds`` runs with loss law(rho) + N(0, noise²).
+
+    ``seed_effect`` adds to every run of a seed (within a budget) one offset drawn from N(0, seed_effect²), as a
+    seed's data order and initialisation shift its loss at every rho alike."""
     laws = PAPER_LIKE_U if laws is None else laws
     out = []
     for budget, law in laws.items():
         scale = float(budget) / 2e20 if _is_number(budget) else 1.0
+        # drawn only when asked for, so that the runs of earlier seeded calls stay as they were
+        offset = rng.normal(0, seed_effect, seeds) if seed_effect else np.zeros(seeds)
         for rho in rhos:
             mean = float(law(rho))
             eng = None if rho >= 1 else {"layers": [1]}
@@ -125,7 +150,7 @@ def simulate_u_curve(rng: np.random.Generator, laws: dict[str, Callable] | None 
                 acct = accounting(rho=float(rho), P_tot=4e7 * scale, P_act=4e6 * scale)
                 out.append(make_run_record(sweep=sweep, experiment="allocation", seed=s,
                                            axes={"rho": float(rho), "budget": budget, "seed": s},
-                                           val_loss=mean + float(rng.normal(0, noise)),
+                                           val_loss=mean + float(offset[s]) + float(rng.normal(0, noise)),
                                            model=model_config(engram=eng), acct=acct))
     return out
 

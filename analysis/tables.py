@@ -17,6 +17,7 @@ from engram_lab.files import write_text_atomic
 RUN_COLUMNS = ("run_id", "sweep", "experiment", "status", "seed", "model", "accounting.rho", "accounting.P_tot",
                "accounting.P_act", "accounting.engram_slots", "metrics.train_loss", "metrics.val_loss", "reason")
 FIT_COLUMNS = ("fit", "group", "quantity", "estimate", "ci_low", "ci_high", "interval", "n", "p")
+NOISE_COLUMNS = ("seeds", "mean val_loss", "seed sd")
 
 
 def run_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -33,6 +34,48 @@ def _sortable(col: pd.Series) -> bool:
     except TypeError:
         return False
     return True
+
+
+def noise_floor(df: pd.DataFrame) -> pd.DataFrame:
+    """The seed-to-seed scatter of each grid point: completed runs of one sweep and experiment with the same axes
+    but ``axes.seed``, their count, mean validation loss and sd (sd empty below two seeds). Runs without axes (lone
+    runs) belong to no grid point and are left out."""
+    runs = df[df["status"] == "completed"] if "status" in df else df
+    parts = []
+    for (sweep, experiment), group in runs.groupby(["sweep", "experiment"], sort=False):
+        axes = [c for c in group.columns if c.startswith("axes.") and c != "axes.seed" and group[c].notna().any()]
+        if not axes:
+            continue
+        loss = group.groupby(axes, sort=False, dropna=False)["metrics.val_loss"]
+        stats = loss.agg(["count", "mean", "std"]).reset_index()
+        stats.columns = [*axes, *NOISE_COLUMNS]
+        parts.append(stats.assign(sweep=sweep, experiment=experiment))
+    if not parts:
+        return pd.DataFrame(columns=["sweep", "experiment", *NOISE_COLUMNS])
+    table = pd.concat(parts, ignore_index=True)
+    axes = [c for c in table.columns if c.startswith("axes.")]
+    order = [c for c in ("sweep", "experiment", *axes) if _sortable(table[c])]
+    return table[["sweep", "experiment", *axes, *NOISE_COLUMNS]].sort_values(order).reset_index(drop=True)
+
+
+def noise_summary(floor: pd.DataFrame) -> pd.DataFrame:
+    """Per sweep and experiment, over the grid points with two or more seeds: how many, the mean of their seed sd,
+    and the pooled sd (each point's variance weighted by its degrees of freedom: the noise a fit sees)."""
+    rows = []
+    replicated = floor[floor["seeds"] >= 2]
+    for (sweep, experiment), g in replicated.groupby(["sweep", "experiment"], sort=False):
+        rows.append({"sweep": sweep, "experiment": experiment, "points with 2+ seeds": len(g),
+                     "mean seed sd": float(g["seed sd"].mean()), "pooled seed sd": pooled_sd(g)})
+    return pd.DataFrame(rows, columns=["sweep", "experiment", "points with 2+ seeds", "mean seed sd",
+                                       "pooled seed sd"])
+
+
+def pooled_sd(floor: pd.DataFrame) -> float | None:
+    """The seed sd pooled over the grid points of a :func:`noise_floor` table with two or more seeds, each point's
+    variance weighted by its degrees of freedom (None without such a point)."""
+    replicated = floor[floor["seeds"] >= 2]
+    dof = replicated["seeds"] - 1
+    return float(((replicated["seed sd"] ** 2 * dof).sum() / dof.sum()) ** 0.5) if len(replicated) else None
 
 
 def fit_table(fits: dict) -> pd.DataFrame:
@@ -151,12 +194,13 @@ def _plain(v):
 
 
 def write_tables(df: pd.DataFrame, fits: dict, out_dir: str | Path) -> list[Path]:
-    """``table.csv`` (the whole tidy table) and ``tables/{runs,fits}.{md,csv,tex}`` under ``out_dir``."""
+    """``table.csv`` (the whole tidy table) and ``tables/{runs,fits,noise}.{md,csv,tex}`` under ``out_dir``."""
     out_dir = Path(out_dir)
     paths = [write_text_atomic(out_dir / "table.csv", to_csv(df))]
     level = round(fits["level"] * 100)
     for name, table, caption in (("runs", run_table(df), "Runs (all statuses)"),
-                                 ("fits", fit_table(fits), f"Fitted quantities ({level}% intervals)")):
+                                 ("fits", fit_table(fits), f"Fitted quantities ({level}% intervals)"),
+                                 ("noise", noise_floor(df), "Seed-to-seed scatter of validation loss per grid point")):
         paths.append(write_text_atomic(out_dir / "tables" / f"{name}.md", to_markdown(table)))
         paths.append(write_text_atomic(out_dir / "tables" / f"{name}.csv", to_csv(table)))
         paths.append(write_text_atomic(out_dir / "tables" / f"{name}.tex", to_latex(table, caption, f"tab:{name}")))

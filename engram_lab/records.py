@@ -24,6 +24,11 @@ Run record fields:
                   measured
     checkpoint    the final model folder ``<workdir>/<sweep>/<run_id>/model`` (:func:`portable_path`), or None
     wall_time_s, device, versions {python, torch, lightning, ...}, git_commit, created (ISO time, UTC)
+    resumed_from  (optional: absent from records written before it existed, so not in RUN_FIELDS) how the process
+                  that wrote the record started training: None for a fresh start (no checkpoint, none set aside),
+                  else {checkpoint: the resume checkpoint it loaded (:func:`portable_path`), None when it started
+                  from scratch; step: the optimizer step it resumed at (0 from scratch); set_aside: the trial's
+                  checkpoints found unloadable at any start, kept as ``<name>.corrupt-<UTC time>``}
 
 Eval record fields: run_id, sweep, task, task_version, num_fewshot, limit, lm_eval_version, memory ("on" | "off"),
 metrics {metric: {"value": v, "stderr": s}}, checkpoint (the model folder, :func:`portable_path`), created.
@@ -52,8 +57,10 @@ Probe record fields (the mechanistic probes of PAPER.md section 6, written by :m
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Iterable
 
@@ -74,9 +81,38 @@ class RecordError(ValueError):
     """A record file that cannot be read as a record; the message names the file."""
 
 
+# Fields added to the data config after token caches and run ids were first recorded, with the value every earlier
+# config had: at that value they are left out of both, so recorded runs keep their ids as the schema grows.
+LATER_DATA_DEFAULTS = {("synthetic", "needle_queries"): 1, ("synthetic", "category_weights", "lookup"): 0.0}
+# How a trial is laid out on devices is not what it does: the run id hashes every trial as one process runs it, so a
+# trial resumes from its checkpoints, and is found done, on any layout.
+LAYOUT_FIELDS = ("devices", "num_nodes", "strategy", "shard_tables")
+ONE_PROCESS = {"devices": 1, "num_nodes": 1, "strategy": "auto"}
+
+
+def data_identity(data: dict) -> dict:
+    """The data config as it enters the run id and the token cache key (a copy; ``LATER_DATA_DEFAULTS`` left out)."""
+    tree = copy.deepcopy(data)
+    for (*parents, leaf), value in LATER_DATA_DEFAULTS.items():
+        node = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == value:
+            del node[leaf]
+    return tree
+
+
 def run_id(resolved_config: dict) -> str:
-    """A stable 12-hex-digit id of a resolved config (sorted-key JSON, so field order never matters)."""
-    blob = json.dumps(resolved_config, sort_keys=True, separators=(",", ":"), default=str)
+    """The run id of a resolved trial config (as a record holds it): 12 hex digits of a hash of what the trial does.
+
+    Its sweep axes are labels and its device layout is how it runs: neither is part of it. A record's ``run_id``
+    must equal ``run_id(record["config"])``; :func:`read_run_record` refuses one that does not."""
+    config = {k: v for k, v in resolved_config.items() if k != "axes"}
+    if "data" in config:
+        config["data"] = data_identity(config["data"])
+    if "train" in config:
+        config["train"] = {**{k: v for k, v in config["train"].items() if k not in LAYOUT_FIELDS}, **ONE_PROCESS}
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -105,8 +141,14 @@ def read_run_record(path: str | Path) -> dict:
     data = _read_record(path, RUN_FIELDS, "run")
     if data["status"] not in RUN_STATUSES:
         raise RecordError(f"{path}: status {data['status']!r} is not one of {RUN_STATUSES}")
-    if data["status"] == "completed" and not isinstance(data.get("metrics", {}).get("val_loss"), (int, float)):
-        raise RecordError(f"{path}: a completed run record needs metrics.val_loss")
+    val_loss = (data.get("metrics") or {}).get("val_loss")
+    if data["status"] == "completed" and not (isinstance(val_loss, (int, float)) and math.isfinite(val_loss)):
+        raise RecordError(f"{path}: a completed run record needs a finite metrics.val_loss, got {val_loss!r}")
+    if not isinstance(data["config"], dict):
+        raise RecordError(f"{path}: config must be an object, got {type(data['config']).__name__}")
+    if run_id(data["config"]) != data["run_id"]:
+        raise RecordError(f"{path}: its config hashes to run id {run_id(data['config'])}, not to its run_id "
+                          f"{data['run_id']!r}: the config was changed after the run was recorded")
     return data
 
 

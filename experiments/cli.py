@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def _number(text: str) -> float:
@@ -37,11 +38,14 @@ def train_command(args) -> int:
     import traceback
 
     from experiments.config import load_trial
-    from experiments.train import TrialFailed, launch_rank, run_trial
+    from experiments.train import ResultsUnwritable, TrialFailed, launch_rank, run_trial
 
     trial = load_trial(args.config, args.overrides)
     try:
         record = run_trial(trial, results=args.results, workdir=args.workdir)
+    except ResultsUnwritable as err:
+        print(f"engram-lab train: {err}", file=sys.stderr)
+        return 2
     except TrialFailed as err:
         traceback.print_exception(err.__cause__)
         record = err.record

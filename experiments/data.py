@@ -28,6 +28,7 @@ import torch
 
 from engram.config import ConfigError
 from engram_lab.files import waiting_lock
+from engram_lab.records import data_identity
 from experiments.synthetic import CATEGORIES, SyntheticConfig, SyntheticCorpus
 from experiments.text import is_validation, iter_file_documents, iter_hub_documents
 from experiments.tokenizer import Tokenizer, cache_dir, load_named, train_bpe
@@ -88,21 +89,9 @@ class DataConfig:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
 
 
-# Fields added to the data config after token caches and run ids were first recorded, with the value every earlier
-# config had: at that value they are left out of both, so recorded runs keep their ids as the schema grows.
-LATER_DEFAULTS = {("synthetic", "needle_queries"): 1, ("synthetic", "category_weights", "lookup"): 0.0}
-
-
 def identity(cfg: DataConfig) -> dict:
     """The data config as it enters the run id and the token cache key."""
-    tree = dataclasses.asdict(cfg)
-    for (*parents, leaf), value in LATER_DEFAULTS.items():
-        node = tree
-        for part in parents:
-            node = node[part]
-        if node.get(leaf) == value:
-            del node[leaf]
-    return tree
+    return data_identity(dataclasses.asdict(cfg))
 
 
 DOCS_PER_BATCH = 256  # documents tokenised at a time; materialising stops after the batch that passes the budget

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
+import logging
+import os
+import pickle
 import time
 from pathlib import Path
 
@@ -9,6 +13,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins import TorchCheckpointIO
 
 from engram.compress import Compression
 from engram.model import EngramLM
@@ -17,6 +22,8 @@ from engram.sharded import gather_rows, shard_of, shard_tables_, sharded_tables,
 from experiments.config import TrialConfig
 from experiments.data import PADDING, Corpus, TrainBatches, ValidationSet
 from experiments.optim import build_optimizers, set_learning_rates
+
+log = logging.getLogger(__name__)
 
 
 class Diverged(RuntimeError):
@@ -190,7 +197,10 @@ class StepCheckpoint(ModelCheckpoint):
     save waits for the validation to end."""
 
     def __init__(self, dirpath: Path, every_n_steps: int, validate_every_steps: int):
-        super().__init__(dirpath=dirpath, every_n_train_steps=every_n_steps, save_top_k=0, save_last=True)
+        # no version counter: the validation-step saves below write last.ckpt too, and Lightning would otherwise
+        # take it for another run's file and save its own as last-v1.ckpt
+        super().__init__(dirpath=dirpath, every_n_train_steps=every_n_steps, save_top_k=0, save_last=True,
+                         enable_version_counter=False)
         self.every_n_steps, self.validate_every_steps = every_n_steps, validate_every_steps
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -201,3 +211,70 @@ class StepCheckpoint(ModelCheckpoint):
         step = trainer.global_step
         if trainer.state.fn == "fit" and not trainer.sanity_checking and step and step % self.every_n_steps == 0:
             trainer.save_checkpoint(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
+
+
+def previous_checkpoint(path: Path) -> Path:
+    """Where :class:`KeepPreviousCheckpointIO` keeps the checkpoint that a save to ``path`` replaced."""
+    return path.with_name(f"{path.stem}.previous{path.suffix}")
+
+
+class KeepPreviousCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint whole or not at all, and keeps the one it replaces (:func:`previous_checkpoint`): a trial
+    whose last checkpoint does not load still has an earlier one to resume from.
+
+    Lightning's own writer stages the file in the system's temporary folder and moves it into place; across file
+    systems (a node's /tmp, the shared work folder) that move is a copy, which a kill or a crash can cut short."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staged = path.with_name(f".{path.name}.tmp")  # a trial has one writer (its lock): one name leaves no litter
+        with open(staged, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            os.replace(path, previous_checkpoint(path))
+        os.replace(staged, path)
+
+
+CORRUPT_SUFFIX = ".corrupt-"
+
+
+def resume_checkpoint(last: Path, leader: bool) -> tuple[Path | None, int]:
+    """The checkpoint a trial resumes from and its step: ``last``, else the one it replaced, the first that loads;
+    ``(None, 0)`` when neither does, and the trial starts from scratch.
+
+    A checkpoint that exists but does not load (cut short while it was written) would fail every retry. The
+    ``leader`` renames it ``<name>.corrupt-<UTC time>``, kept for a post-mortem, and says in the log which it set
+    aside and where the trial starts. The other ranks only pass over it, which brings them to the same choice
+    whether or not the leader has moved it yet."""
+    set_aside = []
+    for path in (last, previous_checkpoint(last)):
+        if not path.exists():
+            continue
+        try:
+            # loaded whole, as the resume will: mmap, which would spare the read, fails on some file systems
+            step = int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+        except PermissionError:
+            raise  # a checkpoint this process may not read is not a damaged one
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:  # a file cut short at any byte
+            if leader:
+                stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+                kept = path.with_name(f"{path.name}{CORRUPT_SUFFIX}{stamp}")
+                os.rename(path, kept)
+                set_aside.append(f"{path} cannot be loaded ({type(err).__name__}: {err}); set aside as {kept}")
+            continue
+        if set_aside:
+            log.warning("%s; resuming from %s at step %d", "; ".join(set_aside), path, step)
+        return path, step
+    if set_aside:
+        log.warning("%s; starting from scratch", "; ".join(set_aside))
+    return None, 0
+
+
+def set_aside_checkpoints(folder: Path) -> list[Path]:
+    """The checkpoints in ``folder`` that :func:`resume_checkpoint` ever set aside, oldest first."""
+    return sorted(folder.glob(f"*{CORRUPT_SUFFIX}*"), key=lambda p: p.name.rsplit(CORRUPT_SUFFIX, 1)[1])

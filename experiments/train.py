@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import subprocess
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -56,6 +57,24 @@ def versions() -> dict:
 
 class TrialBusy(RuntimeError):
     """Another process is running this trial now (it holds the trial's lock)."""
+
+
+class ResultsUnwritable(RuntimeError):
+    """The folder a trial's run record goes to cannot be written; raised before the trial trains."""
+
+
+def check_writable(folder: Path) -> None:
+    """Raise :class:`ResultsUnwritable` unless this process can create files in ``folder`` (created if missing).
+
+    A record that cannot be written is found only when the trial ends, and the run is lost with it. The check
+    writes a file there and removes it: permission bits alone miss read-only mounts, ACLs and a file in the way."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ResultsUnwritable(f"cannot write run records to {folder} ({err.strerror or err}): nothing was "
+                                "trained; make the folder writable or choose another results folder") from err
 
 
 class TrialFailed(RuntimeError):
@@ -195,7 +214,8 @@ def run_trial(trial: TrialConfig, results: str | Path = "results", workdir: str 
 
     ``callbacks`` are extra Lightning callbacks (an Optuna pruner, say); ``on_record(record)`` runs under the trial's
     lock once the record is written, whatever its status. Raises :class:`TrialBusy` when another process holds the
-    trial, and :class:`TrialFailed` (after writing the failed record) when training raised.
+    trial, :class:`ResultsUnwritable` (before training) when its record could not be written, and
+    :class:`TrialFailed` (after writing the failed record) when training raised.
     """
     resolved = resolve(trial)
     rid = trial_id(resolved)
@@ -222,16 +242,22 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
     from engram.sharded import whole_state_dict
     from experiments.checkpoint import save_model
     from experiments.data import load_corpus
-    from experiments.module import CorpusDataModule, Diverged, LanguageModelTask, StepCheckpoint
+    from experiments.module import (CorpusDataModule, Diverged, KeepPreviousCheckpointIO, LanguageModelTask,
+                                    StepCheckpoint, resume_checkpoint, set_aside_checkpoints)
 
     record_file = run_path(results, resolved.sweep, rid)
     if record_file.exists():
         previous = read_json(record_file)
         if previous.get("status") == "completed":
             return previous
+    # every rank checks: one that went on alone would wait for a rank 0 that stopped here
+    check_writable(record_file.parent)
     run_dir = trial_dir(workdir, resolved.sweep, rid)
     t = resolved.train
     leader = launch_rank(t) == 0  # the one rank that writes the record and the exported model
+    ckpt_dir = run_dir / "checkpoints"
+    resume_from, resume_step = resume_checkpoint(ckpt_dir / "last.ckpt", leader)
+    set_aside = set_aside_checkpoints(ckpt_dir)
     steps, tokens = plan_steps(resolved)
     counts = count(resolved.model, seq_len=resolved.data.seq_len)
     started = time.time()
@@ -241,6 +267,9 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
         "accounting": {**counts.as_record(), "tokens": tokens, "steps": steps,
                        "total_flops": tokens * counts.train_flops_per_token},
         "versions": versions(), "git_commit": git_commit(), "checkpoint": None,
+        "resumed_from": None if resume_from is None and not set_aside else {
+            "checkpoint": portable_path(resume_from) if resume_from else None, "step": resume_step,
+            "set_aside": [portable_path(p) for p in set_aside]},
     }
 
     def finish(status: str, metrics: dict, reason: str | None = None, diverged_step: int | None = None) -> dict:
@@ -256,7 +285,6 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
         corpus = load_corpus(resolved.data, tokens + 1, t.val_tokens)
         compression = corpus.tokenizer.compression(resolved.model.vocab_size)
         task = LanguageModelTask(resolved, compression, steps, corpus.train.names)
-        ckpt_dir = run_dir / "checkpoints"
         eval_every = max(1, t.eval_every_tokens // (t.batch_size * resolved.data.seq_len)) \
             if t.eval_every_tokens else steps
         loggers = [CSVLogger(run_dir, name="logs", version="")]
@@ -276,7 +304,8 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
             strategy = DDPStrategy(process_group_backend=None if on_gpu(t) else "gloo")
         trainer = L.Trainer(
             default_root_dir=run_dir, max_steps=steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices,
-            num_nodes=t.num_nodes, strategy=strategy, precision=precision, logger=loggers, plugins=[env],
+            num_nodes=t.num_nodes, strategy=strategy, precision=precision, logger=loggers,
+            plugins=[env, KeepPreviousCheckpointIO()],
             callbacks=[StepCheckpoint(ckpt_dir, t.checkpoint_every_steps, eval_every), *callbacks],
             val_check_interval=eval_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
             enable_progress_bar=t.progress_bar,
@@ -284,12 +313,11 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
             log_every_n_steps=t.log_every_steps,
         )
         data = CorpusDataModule(corpus, resolved)
-        last = ckpt_dir / "last.ckpt"
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*that ended before the epoch ended.*")
             warnings.filterwarnings("ignore", message=".*sync_dist=True.*")  # val_loss is reduced over ranks already
-            trainer.fit(task, datamodule=data, ckpt_path=str(last) if last.exists() else None, weights_only=True)
+            trainer.fit(task, datamodule=data, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
             if not task.val_curve or task.val_curve[-1][0] != task.tokens_seen():
                 trainer.validate(task, datamodule=data, verbose=False)
     except Diverged as err:

@@ -1,4 +1,4 @@
-"""``engram-lab sweep`` and ``engram-lab status``."""
+"""``engram-lab sweep``, ``engram-lab plan`` and ``engram-lab status``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", default="runs", help="folder of checkpoints, logs and the study (default: runs)")
     p.set_defaults(func=sweep_command)
 
+    q = sub.add_parser("plan", help="the trial table of a sweep spec (as sweep --dry-run) and, with --power, how many "
+                                     "seeds per grid point locate rho* to +-0.05")
+    q.add_argument("spec", help="sweep spec YAML (see sweeps/specs/)")
+    q.add_argument("--power", action="store_true",
+                   help="simulate the planned rho values with seed noise: rho*'s +- at 1 to 16 seeds per point")
+    q.add_argument("--pilot", metavar="SWEEP", help="sweep folder under --results whose seed noise and mean curve the "
+                                                    "power estimate uses (default: the spec's own, if it has records)")
+    q.add_argument("--noise", type=float, metavar="NATS", help="seed sd of the validation loss (default: the pilot's)")
+    q.add_argument("--target", type=float, default=0.05, help="+- on rho* to reach (default: 0.05)")
+    q.add_argument("--results", default="results", help="folder of records (default: results)")
+    q.set_defaults(func=plan_command)
+
     s = sub.add_parser("status", help="where each trial of a sweep stands")
     s.add_argument("sweep", help="sweep name (a folder under --results) or its spec YAML")
     s.add_argument("--results", default="results")
@@ -37,12 +49,33 @@ def sweep_command(args) -> int:
     return 0 if outcome.count("completed") == len(outcome.planned) else 1
 
 
+def plan_command(args) -> int:
+    from sweeps.launch import run_sweep
+    from sweeps.power import power_report
+    from sweeps.spec import load_spec
+
+    outcome = run_sweep(args.spec, args.results, dry_run=True)
+    if not (args.power or args.pilot or args.noise is not None):
+        return 0
+    spec = load_spec(args.spec)
+    if spec.is_study:
+        print("engram-lab plan: --power needs a grid: an Optuna study picks its points as it runs", file=sys.stderr)
+        return 2
+    try:
+        print(power_report(spec, outcome.planned, args.results, args.pilot, args.noise, args.target))
+    except (ValueError, FileNotFoundError) as err:  # no noise to plan with, or a pilot without usable records
+        print(f"engram-lab plan: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def status_command(args) -> int:
+    from engram_lab.records import RecordError
     from sweeps.status import sweep_status
 
     try:
         print(sweep_status(args.sweep, args.results, args.workdir))
-    except FileNotFoundError as err:
+    except (FileNotFoundError, RecordError) as err:  # no plan yet, or one that cannot be read: the message names it
         print(f"engram-lab status: {err}", file=sys.stderr)
         return 2
     return 0

@@ -4,9 +4,13 @@ The driver (``engram-lab sweep SPEC``):
 
 1. expands and resolves every trial (one bad point refuses the spec before anything is submitted);
 2. under the sweep's driver lock, reads each trial's state — a record, a live trial lock, a job in the ledger (and
-   SLURM's accounting) — records a job that died without a record as failed, reconciles the Optuna study, and
-   submits what is missing (failed trials too with ``retry_failed``), appending the jobs to the ledger;
-3. waits until every trial has a record, then fits and plots the sweep.
+   SLURM's queue and accounting) — records a job that died, or was cancelled before it started, without a record
+   as failed, reconciles the Optuna study, and submits what is missing (failed trials too with ``retry_failed``),
+   appending the jobs to the ledger;
+3. waits until every trial has a record, saying each one as it finishes, then fits and plots the sweep.
+
+A record or a ledger line that cannot be read is said, naming the file (and line), and left as it is: the sweep
+goes on without it and never writes over it.
 
 Each trial job is ``submitit.helpers.Checkpointable``: on preemption or timeout submitit requeues it, and on
 requeue it resumes from the trial's last checkpoint. A trial is trained under an exclusive lock on its folder, so
@@ -24,12 +28,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import submitit
 
 from engram.config import build
 from experiments.config import TrialConfig
-from engram_lab.records import read_json, run_path
+from engram_lab.records import RecordError, read_run_record, run_path
 from engram_lab.files import waiting_lock, write_atomic
 from experiments.train import TrialBusy, TrialFailed, run_trial, trial_dir, trial_lock
 from sweeps.plan import format_plan, plan_rows
@@ -38,6 +43,9 @@ from sweeps.spec import PlannedTrial, SweepSpec, expand, load_spec, on_slurm, sp
 SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
                 "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT"}
 FINAL = ("completed", "failed", "diverged")
+UNREADABLE = "unreadable"
+SETTLED = (*FINAL, UNREADABLE)  # states only a person changes: the driver waits for nothing more from them
+LEDGER_FIELDS = ("run_id", "job_id", "executor", "submitted")
 
 
 @dataclass
@@ -103,42 +111,97 @@ class TrialJob(submitit.helpers.Checkpointable):
 # -- trial states ------------------------------------------------------------------------------------------------
 
 
-def read_ledger(paths: SweepPaths) -> dict[str, dict]:
-    """The latest submission of each run id."""
+def read_ledger(paths: SweepPaths, warn: Callable[[str], None]) -> dict[str, dict]:
+    """The latest submission of each run id. A line that is not a job entry (the torn last line of a driver killed
+    mid-append, say) is skipped and ``warn``-ed about, with the file and line: its job is not tracked."""
     latest: dict[str, dict] = {}
-    if paths.ledger.exists():
-        for line in paths.ledger.read_text().splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                latest[entry["run_id"]] = entry
+    if not paths.ledger.exists():
+        return latest
+    for number, line in enumerate(paths.ledger.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            warn(f"{paths.ledger}: line {number} is not JSON ({err}); skipped, so its job is not tracked")
+            continue
+        if not (isinstance(entry, dict) and all(k in entry for k in LEDGER_FIELDS)):
+            warn(f"{paths.ledger}: line {number} is not a job entry (one needs {', '.join(LEDGER_FIELDS)}); "
+                 "skipped, so its job is not tracked")
+            continue
+        latest[entry["run_id"]] = entry
     return latest
 
 
 def append_ledger(paths: SweepPaths, entries: list[dict]) -> None:
     paths.work.mkdir(parents=True, exist_ok=True)
+    # after a torn last line, an entry written straight on would be torn with it
+    start = "\n" if _ends_mid_line(paths.ledger) else ""
     with open(paths.ledger, "a") as f:
-        for e in entries:
-            f.write(json.dumps(e) + "\n")
+        f.write(start + "".join(json.dumps(e) + "\n" for e in entries))
         f.flush()
         os.fsync(f.fileno())
 
 
-def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """SLURM's state of each job (array tasks as ``<job>_<task>``), from accounting; {} without sacct."""
+def _ends_mid_line(path: Path) -> bool:
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
+
+
+@dataclass(frozen=True)
+class SlurmState:
+    """What SLURM says of one job: its state as SLURM words it (``CANCELLED by 0``) and whether it ever had a node."""
+
+    text: str
+    started: bool
+
+    @property
+    def name(self) -> str:
+        return self.text.split()[0] if self.text.strip() else "UNKNOWN"
+
+
+# A job that neither SLURM's queue nor its accounting lists
+NOT_LISTED = SlurmState("none", started=False)
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, SlurmState]:
+    """SLURM's state of each job (array tasks as ``<job>_<task>``): the controller's while it holds the job (from
+    submission to MinJobAge after its end), else accounting's. A job that neither lists, when both answered, is
+    :data:`NOT_LISTED`; one is left out when SLURM could not be asked."""
     if not job_ids:
         return {}
+    ids = ",".join(job_ids)
+    queue = _ask_slurm(["squeue", "-h", "--states=all", "-o", "%i|%T|%N", "-j", ids])
+    accounting = _ask_slurm(["sacct", "-n", "-P", "-X", "-o", "JobID,State,NodeList", "-j", ids])
+    states = {}
+    for jid in job_ids:
+        known = (queue or {}).get(jid) or (accounting or {}).get(jid)
+        if known is not None:
+            states[jid] = known
+        elif queue is not None and accounting is not None:
+            states[jid] = NOT_LISTED
+    return states
+
+
+def _ask_slurm(command: list[str]) -> dict[str, SlurmState] | None:
+    """The jobs a ``JobID|State|NodeList`` listing names; None when the command did not answer."""
     try:
-        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(job_ids)],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(command, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
-        return {}
+        return None
+    if out.returncode != 0:
+        # squeue's answer when it holds none of the jobs asked about
+        return {} if "Invalid job id specified" in out.stderr else None
     states = {}
     for line in out.stdout.splitlines():
-        if "|" in line:
-            jid, state = line.split("|", 1)
-            state = state.split()[0] if state.strip() else "UNKNOWN"
-            for one in _expand_array_ids(jid.strip()):
-                states[one] = state
+        fields = line.split("|")
+        if len(fields) == 3:
+            jid, state, nodes = (f.strip() for f in fields)
+            for one in _expand_array_ids(jid):
+                states[one] = SlurmState(state or "UNKNOWN", started=nodes not in ("", "None assigned"))
     return states
 
 
@@ -176,17 +239,24 @@ def lock_held(paths: SweepPaths, run_id: str) -> bool:
         return True
 
 
-def trial_states(run_ids: list[str], paths: SweepPaths) -> dict[str, dict]:
-    """{run_id: {"state": completed|failed|diverged|running|queued|lost|missing, "record"?, "job"?, "detail"}}.
+def trial_states(run_ids: list[str], paths: SweepPaths, warn: Callable[[str], None]) -> dict[str, dict]:
+    """{run_id: {"state": completed|failed|diverged|unreadable|running|queued|lost|missing, "record"?, "job"?,
+    "detail"}}; ``warn`` hears of ledger lines that cannot be read.
 
+    ``unreadable``: the trial's record is there but is not a record (``detail`` names the file and says why); it is
+    left as it is, for a person to look at, and the trial is not run again over it.
     ``lost``: the last job ended (or vanished) without a record — it failed, was cancelled or its node died."""
-    ledger = read_ledger(paths)
+    ledger = read_ledger(paths, warn)
     slurm = slurm_states([e["job_id"] for e in ledger.values() if e["executor"] == "slurm"])
     out = {}
     for rid in run_ids:
         path = paths.record(rid)
-        record = read_json(path) if path.exists() else None
         job = ledger.get(rid)
+        try:
+            record = read_run_record(path) if path.exists() else None
+        except RecordError as err:
+            out[rid] = {"state": UNREADABLE, "job": job, "detail": f"{err}; move it aside to run the trial again"}
+            continue
         newer = record is not None and (job is None or record["created"] >= job["submitted"])
         if record is not None and (record["status"] == "completed" or newer):
             out[rid] = {"state": record["status"], "record": record, "job": job, "detail": record.get("reason")}
@@ -196,18 +266,32 @@ def trial_states(run_ids: list[str], paths: SweepPaths) -> dict[str, dict]:
             out[rid] = {"state": record["status"] if record else "missing", "record": record, "job": None,
                         "detail": record.get("reason") if record else None}
         elif job["executor"] == "slurm":
-            state = slurm.get(job["job_id"], "UNKNOWN")  # not yet in accounting: just submitted
-            if state in SLURM_ACTIVE or state == "UNKNOWN":
-                out[rid] = {"state": "queued" if state == "PENDING" else "running", "job": job,
-                            "detail": f"SLURM {state}"}
-            else:
-                out[rid] = {"state": "lost", "job": job, "detail": f"SLURM job {job['job_id']} ended {state}"}
+            out[rid] = {"job": job, **_slurm_trial_state(job["job_id"], slurm.get(job["job_id"]))}
         elif job["executor"] == "local" and _local_alive(job["job_id"]):
             out[rid] = {"state": "running", "job": job, "detail": f"local process {job['job_id']}"}
         else:
             out[rid] = {"state": "lost", "job": job, "detail": f"{job['executor']} job {job['job_id']} ended "
                                                                "without a record"}
     return out
+
+
+def _slurm_trial_state(job_id: str, slurm: SlurmState | None) -> dict:
+    """The state and detail of a trial without a record whose last job is the SLURM job ``job_id``."""
+    if slurm is None:
+        return {"state": "running", "detail": "SLURM state unknown: squeue or sacct did not answer"}
+    if slurm.name in SLURM_ACTIVE:
+        return {"state": "queued" if slurm.name == "PENDING" else "running", "detail": f"SLURM {slurm.text}"}
+    if slurm is NOT_LISTED and "_" in job_id:
+        return {"state": "lost", "detail": f"SLURM job {job_id} was cancelled before it started (SLURM state: none; "
+                                           "Slurm forgets a pending array task cancelled on its own, in its queue "
+                                           "and in its accounting)"}
+    if slurm is NOT_LISTED:
+        return {"state": "lost", "detail": f"SLURM job {job_id} is listed neither in SLURM's queue nor in its "
+                                           "accounting"}
+    if slurm.name == "CANCELLED" and not slurm.started:
+        return {"state": "lost", "detail": f"SLURM job {job_id} was cancelled before it started (SLURM state: "
+                                           f"{slurm.text})"}
+    return {"state": "lost", "detail": f"SLURM job {job_id} ended {slurm.text}"}
 
 
 def record_lost(paths: SweepPaths, p: PlannedTrial, detail: str) -> dict:
@@ -302,12 +386,12 @@ def prepare(spec: SweepSpec, paths: SweepPaths, planned: list[PlannedTrial]) -> 
     (paths.results / spec.name / "spec.yaml").write_text(spec_text(spec))
 
 
-def sync(spec: SweepSpec, paths: SweepPaths, planned: list[PlannedTrial], storage: str,
-         retry_failed: bool) -> tuple[dict[str, dict], list[PlannedTrial]]:
+def sync(spec: SweepSpec, paths: SweepPaths, planned: list[PlannedTrial], storage: str, retry_failed: bool,
+         warn: Callable[[str], None]) -> tuple[dict[str, dict], list[PlannedTrial]]:
     """States of every trial, lost jobs recorded as failed, the study reconciled, and what to submit now."""
     from sweeps.study import open_study, reconcile
 
-    states = trial_states([p.run_id for p in planned], paths)
+    states = trial_states([p.run_id for p in planned], paths, warn)
     for p in planned:
         s = states[p.run_id]
         if s["state"] == "lost":
@@ -322,7 +406,8 @@ def sync(spec: SweepSpec, paths: SweepPaths, planned: list[PlannedTrial], storag
 def run_sweep(spec_path: str | Path, results: str | Path = "results", workdir: str | Path = "runs",
               executor: str | None = None, retry_failed: bool = False, dry_run: bool = False, wait: bool = True,
               analyse: bool = True, poll_s: float = 5.0, timeout_s: float | None = None, echo=print) -> SweepOutcome:
-    """Plan, submit and (unless ``wait=False``) see a grid sweep through; see the module docstring."""
+    """Plan, submit and (unless ``wait=False``) see a grid sweep through; see the module docstring. ``echo`` hears
+    the plan, then one line for each trial as it finishes."""
     from sweeps.study import default_storage_url
 
     spec = load_spec(spec_path)
@@ -340,10 +425,12 @@ def run_sweep(spec_path: str | Path, results: str | Path = "results", workdir: s
     paths = SweepPaths(Path(results), Path(workdir), spec.name)
     storage = spec.launch.storage or default_storage_url(workdir, spec.name)
     prepare(spec, paths, planned)
+    warn = _once(echo)  # the ledger is read at every poll; a line that cannot be read is said once
     submitted: list = []
     with driver_lock(paths):
-        states, todo = sync(spec, paths, planned, storage, retry_failed)
+        states, todo = sync(spec, paths, planned, storage, retry_failed, warn)
         _report_states(states, echo)
+        progress = Progress(planned, states, echo)
         if kind == "debug":
             pass  # trained below, in this process
         elif kind == "local":
@@ -364,35 +451,92 @@ def run_sweep(spec_path: str | Path, results: str | Path = "results", workdir: s
                 job()
             except RuntimeError as err:
                 echo(f"{p.label()}: {err}")
+            progress.update(trial_states([p.run_id], paths, warn))
         todo = []
     if not wait:
-        return SweepOutcome(planned, trial_states([p.run_id for p in planned], paths))
-    states = _wait(spec, paths, planned, storage, todo, submitted, poll_s, timeout_s, echo)
+        return SweepOutcome(planned, trial_states([p.run_id for p in planned], paths, warn))
+    states = _wait(spec, paths, planned, storage, todo, submitted, poll_s, timeout_s, progress, warn)
     submitted.clear()  # submitit's job handles look at their files when deleted: now, not at interpreter shutdown
     outcome = SweepOutcome(planned, states)
-    echo(f"sweep {spec.name}: " + ", ".join(f"{outcome.count(s)} {s}" for s in FINAL))
+    unreadable = outcome.count(UNREADABLE)
+    echo(f"sweep {spec.name}: " + ", ".join(f"{outcome.count(s)} {s}" for s in FINAL)
+         + (f", {unreadable} {UNREADABLE}" if unreadable else ""))
     if analyse and outcome.count("completed"):
         _analyse(paths, spec, echo)
     return outcome
 
 
-def _wait(spec, paths, planned, storage, queue, submitted, poll_s, timeout_s, echo) -> dict[str, dict]:
-    """Poll until every trial has a final record, feeding the local queue as processes finish."""
+def _wait(spec, paths, planned, storage, queue, submitted, poll_s, timeout_s, progress, warn) -> dict[str, dict]:
+    """Poll until every trial has settled, feeding the local queue as processes finish."""
     deadline = time.time() + timeout_s if timeout_s else None
     while True:
         with driver_lock(paths):
-            states, _ = sync(spec, paths, planned, storage, retry_failed=False)
+            states, _ = sync(spec, paths, planned, storage, retry_failed=False, warn=warn)
             if queue:
                 running = sum(1 for s in states.values() if s["state"] in ("running", "queued"))
                 start = queue[:max(0, spec.launch.max_parallel - running)]
                 submit(spec, paths, start, storage, "local", submitted)
                 queue = queue[len(start):]
-        pending = [rid for rid, s in states.items() if s["state"] not in FINAL]
+        progress.update(states)
+        pending = [rid for rid, s in states.items() if s["state"] not in SETTLED]
         if not pending and not queue:
             return states
         if deadline and time.time() > deadline:
             raise TimeoutError(f"sweep {spec.name}: {len(pending)} trials still running after {timeout_s} s")
         time.sleep(poll_s)
+
+
+class Progress:
+    """One line for each trial as it settles while the driver watches: its record written (completed, failed or
+    diverged) or found unreadable. Trials that finished before the driver started are only counted."""
+
+    def __init__(self, planned: list[PlannedTrial], states: dict[str, dict], echo):
+        self.axes = {p.run_id: p.axes for p in planned}
+        self.states = dict(states)
+        self.said = {rid: _outcome(s) for rid, s in states.items() if s["state"] in FINAL}
+        self.echo = echo
+        self.update(states)  # an unreadable record is said at once
+
+    def update(self, states: dict[str, dict]) -> None:
+        self.states.update(states)
+        new = [rid for rid, s in states.items() if _outcome(s) is not None and _outcome(s) != self.said.get(rid)]
+        done = sum(1 for s in self.states.values() if s["state"] in SETTLED) - len(new)
+        for rid in new:
+            done += 1
+            self.said[rid] = _outcome(states[rid])
+            self.echo(f"[{done}/{len(self.states)}] {rid}  {format_axes(self.axes[rid])}: "
+                      f"{_settled_summary(states[rid])}")
+
+
+def _outcome(s: dict) -> str | None:
+    """What tells one settled outcome of a trial from another: its record's creation time, or why it is unreadable."""
+    if s["state"] in FINAL:
+        return s["record"]["created"]
+    return s["detail"] if s["state"] == UNREADABLE else None
+
+
+def _settled_summary(s: dict) -> str:
+    """``completed, val_loss 3.4521, 153.0 s``; ``failed (its reason)``; ``unreadable (the file, and why)``."""
+    record = s.get("record") or {}
+    loss, wall = (record.get("metrics") or {}).get("val_loss"), record.get("wall_time_s")
+    parts = [s["state"]] + ([f"val_loss {loss:.4f}"] if loss is not None else []) \
+        + ([f"{wall:.1f} s"] if wall is not None else [])
+    return ", ".join(parts) + (f" ({s['detail']})" if s["state"] != "completed" and s.get("detail") else "")
+
+
+def format_axes(axes: dict) -> str:
+    return ", ".join(f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in axes.items())
+
+
+def _once(echo):
+    said: set[str] = set()
+
+    def say(message: str) -> None:
+        if message not in said:
+            said.add(message)
+            echo(message)
+
+    return say
 
 
 def _report_states(states: dict[str, dict], echo) -> None:
@@ -405,7 +549,11 @@ def _report_states(states: dict[str, dict], echo) -> None:
 def _analyse(paths: SweepPaths, spec: SweepSpec, echo) -> None:
     from analysis.paper_figures import analyse
 
-    written = analyse(str(paths.results), [spec.name], steps=("fits", "tables", "figures"))
+    try:
+        written = analyse(str(paths.results), [spec.name], steps=("fits", "tables", "figures"))
+    except RecordError as err:  # a record that cannot be read, said above: fit once a person has dealt with it
+        echo(f"analysis skipped: {err}")
+        return
     for step, files in written.items():
         for f in files:
             echo(f"{step}: {f}")

@@ -2,7 +2,7 @@
 
 A spec is YAML::
 
-    name: allocation-synthetic          # results/<name>/ holds its records
+    name: allocation-synthetic          # results/<name>/ holds its records: letters, digits, _ - . (no ..)
     experiment: allocation              # recorded with every trial; picks the fit the sweep ends with
     base: ../../experiments/configs/allocation.yaml   # a trial YAML, relative to the spec (or `trial:` inline)
     set: {train.tokens: 2.0e+7}         # overrides of the base, dotted keys
@@ -10,15 +10,16 @@ A spec is YAML::
       budget:                           # named levels: each a set of overrides
         levels: {small: {budget.total_params: 3.0e+7}, large: {budget.total_params: 9.0e+7}}
       rho: {path: budget.rho, values: [0.2, 0.4, 0.6, 0.8, 1.0]}    # values put at one path
-      seed: {path: seed, values: [0]}
-    points:                             # extra points, each naming every axis (e.g. more seeds near the optimum)
-      - {budget: small, rho: 0.8, seed: 1}
+    seeds: 2                            # every grid point at seeds 0 and 1 (or a list: seeds: [0, 3])
+    points:                             # extra points, each naming every axis; one without a seed runs at each
+      - {budget: small, rho: 0.9}
     optuna:                             # instead of a grid: a study (see OptunaSpec)
       ...
     launch: {executor: local, max_parallel: 1, slurm: {partition: gpu, gpus_per_node: 1, time_min: 120}}
 
 Every point is resolved through the budget solver before anything is submitted; one bad point refuses the whole
-spec with the point and the reason.
+spec with the point and the reason. A sweep trains deterministically (``train.deterministic``) unless the spec, its
+base or an axis sets it: the effects a sweep measures are as small as the run-to-run scatter without it.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from typing import Any, Literal
 import yaml
 
 from engram.config import ConfigError, build
-from experiments.config import (TrialConfig, load_yaml, parse_override, resolve, set_path, trial_from_dict,
-                                trial_id)
+from experiments.config import (TrialConfig, check_sweep_name, load_yaml, parse_override, resolve, set_path,
+                                trial_from_dict, trial_id)
 
 
 @dataclass
@@ -179,6 +180,11 @@ class SweepSpec:
     def is_study(self) -> bool:
         return self.optuna is not None
 
+    @property
+    def seed_axis(self) -> Axis | None:
+        """The axis that sets the trial seed (``seeds:``, or a grid axis with ``path: seed``)."""
+        return next((a for a in self.axes if a.path == "seed"), None)
+
 
 @dataclass
 class PlannedTrial:
@@ -207,24 +213,51 @@ def _overrides(mapping: dict | list | None, where: str) -> list[tuple[list[str],
     return [(str(k).split("."), v) for k, v in mapping.items()]
 
 
+def seed_axis(seeds: Any) -> Axis:
+    """The axis of ``seeds: 4`` (seeds 0 to 3) or ``seeds: [0, 1, 2, 3]``."""
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, list)):
+        raise ConfigError("seeds", f"a number of seeds (seeds: 4) or a list of them (seeds: [0, 1]), got {seeds!r}")
+    values = list(range(seeds)) if isinstance(seeds, int) else seeds
+    if not values:
+        raise ConfigError("seeds", "a sweep needs at least one seed")
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in values):
+        raise ConfigError("seeds", f"seeds are integers >= 0, got {values}")
+    if len(set(values)) < len(values):
+        raise ConfigError("seeds", f"a seed appears twice in {values}")
+    return Axis(name="seed", path="seed", values=values)
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     path = Path(path)
     raw = load_yaml(path)
-    known = {"name", "experiment", "base", "trial", "set", "grid", "points", "optuna", "launch"}
+    known = {"name", "experiment", "base", "trial", "set", "grid", "seeds", "points", "optuna", "launch"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(unknown[0], f"unknown field of a sweep spec (known: {', '.join(sorted(known))})")
     if "name" not in raw:
         raise ConfigError("name", "a sweep needs a name (it names results/<name>/)")
+    check_sweep_name(str(raw["name"]), "name")
     if ("base" in raw) == ("trial" in raw):
         raise ConfigError("base", "give either base (a trial YAML path) or trial (an inline trial config)")
     base = load_yaml((path.parent / raw["base"]).resolve()) if "base" in raw else dict(raw["trial"])
     for keys, value in _overrides(raw.get("set"), "set"):
         set_path(base, keys, value)
+    # a sweep compares losses hundredths of a nat apart: nondeterministic kernels alone scatter a trial that much
+    if base.get("train") is None:
+        base["train"] = {}
+    if isinstance(base["train"], dict):
+        base["train"].setdefault("deterministic", True)
     axes = [build(Axis, {"name": name, **(spec or {})}, f"grid.{name}") for name, spec in (raw.get("grid") or {}).items()]
     optuna = build(OptunaSpec, raw["optuna"], "optuna") if raw.get("optuna") else None
     if optuna is not None and axes:
         raise ConfigError("grid", "a spec is either a grid or an Optuna study, not both")
+    if "seeds" in raw:
+        if optuna is not None:
+            raise ConfigError("seeds", "an Optuna study samples its trials: put seed in its search space instead")
+        clash = next((a.name for a in axes if a.path == "seed" or a.name == "seed"), None)
+        if clash is not None:
+            raise ConfigError("seeds", f"the grid already sets the seed (grid.{clash}): give one or the other")
+        axes.append(seed_axis(raw["seeds"]))
     return SweepSpec(name=str(raw["name"]), experiment=str(raw.get("experiment", raw["name"])), base=base, axes=axes,
                      points=list(raw.get("points") or []), optuna=optuna,
                      launch=build(LaunchSpec, raw.get("launch") or {}, "launch"), source=str(path))
@@ -254,10 +287,15 @@ def on_slurm(p: PlannedTrial, slurm: SlurmSpec) -> PlannedTrial:
 
 
 def grid_points(spec: SweepSpec) -> list[dict]:
-    """Axis keys of every grid point, then the extra points (duplicates dropped, order kept)."""
+    """Axis keys of every grid point, then the extra points, one that names no seed at every seed of the seed axis
+    (duplicates dropped, order kept)."""
     names = [a.name for a in spec.axes]
     points = [dict(zip(names, combo)) for combo in itertools.product(*(a.keys() for a in spec.axes))]
+    seeds = spec.seed_axis
     for i, extra in enumerate(spec.points):
+        if seeds is not None and set(extra) == set(names) - {seeds.name}:
+            points += [{n: extra.get(n, seed) for n in names} for seed in seeds.values]
+            continue
         if set(extra) != set(names):
             raise ConfigError(f"points[{i}]", f"must name every axis {names}, got {sorted(extra)}")
         points.append({n: extra[n] for n in names})

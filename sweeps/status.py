@@ -1,14 +1,13 @@
-"""``engram-lab status``: each trial's state from its record, its trial lock, the job ledger with SLURM's
-accounting, and the Optuna storage."""
+"""``engram-lab status``: each trial's state from its record, its trial lock, the job ledger with SLURM's queue and
+accounting, and the Optuna storage; its validation loss and wall time once it has finished."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 from engram_lab.records import read_json
-from sweeps.launch import SweepPaths, trial_states
+from sweeps.launch import SweepPaths, format_axes, trial_states
 from sweeps.study import default_storage_url, load
 
 
@@ -34,18 +33,20 @@ def sweep_status(sweep: str, results: str | Path = "results", workdir: str | Pat
         raise FileNotFoundError(f"{plan_file} does not exist: launch the sweep first (engram-lab sweep SPEC)")
     plan = read_json(plan_file)
     trials = plan["trials"]
-    states = trial_states([t["run_id"] for t in trials], paths)
+    problems: list[str] = []
+    states = trial_states([t["run_id"] for t in trials], paths, warn=problems.append)
     lines = [f"sweep {sweep} ({plan.get('experiment', '')}): {len(trials)} trials",
-             f"{'run_id':<12}  {'state':<9} {'val_loss':>8}  {'point':<40} detail"]
+             f"{'run_id':<12}  {'state':<10} {'val_loss':>8} {'wall_s':>8}  {'point':<40} detail"]
     for t in trials:
         s = states[t["run_id"]]
         record = s.get("record") or {}
-        loss = record.get("metrics", {}).get("val_loss")
-        point = ", ".join(f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in t["axes"].items())
+        loss, wall = record.get("metrics", {}).get("val_loss"), record.get("wall_time_s")
         detail = s.get("detail") or (f"job {s['job']['job_id']}" if s.get("job") else "")
-        lines.append(f"{t['run_id']:<12}  {s['state']:<9} {'-' if loss is None else format(loss, '.4f'):>8}  "
-                     f"{point[:40]:<40} {detail or ''}")
+        lines.append(f"{t['run_id']:<12}  {s['state']:<10} {'-' if loss is None else format(loss, '.4f'):>8} "
+                     f"{'-' if wall is None else format(wall, '.1f'):>8}  {format_axes(t['axes'])[:40]:<40} "
+                     f"{detail or ''}")
     counts = Counter(s["state"] for s in states.values())
     lines.append("trials: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     lines.append(_study_summary(sweep, storage or default_storage_url(workdir, sweep)))
+    lines.extend(problems)
     return "\n".join(lines)

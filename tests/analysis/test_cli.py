@@ -70,3 +70,13 @@ def test_bad_input_exits_2_naming_the_problem(results, capsys):
 def test_figures_with_no_sweeps_at_all_fails_clearly(tmp_path, capsys):
     assert main(["figures", "--results", str(tmp_path)]) == 1
     assert "no sweep folders" in capsys.readouterr().err
+
+
+def test_a_diverged_loss_recorded_as_completed_is_refused_not_fitted(results, capsys):
+    """A record written before NaN became null holds a bare NaN, which json reads back as a float."""
+    rec = make_run_record(sweep="a", experiment="allocation", seed=99, axes={"rho": 0.6, "budget": "2e20"})
+    rec["metrics"]["val_loss"] = float("nan")
+    path = run_path(results, "a", rec["run_id"])
+    path.write_text(json.dumps(rec))
+    assert main(["fit", "a", "--results", str(results), "--n-boot", "200"]) == 2
+    assert str(path) in capsys.readouterr().err and not (results / "a" / "fits.json").exists()

@@ -9,7 +9,7 @@ import pytest
 
 from analysis import data, fits
 from analysis.simulate import make_eval_record, make_run_record, simulate_u_curve, write_sweep
-from engram_lab.records import RUN_FIELDS, RecordError, run_path
+from engram_lab.records import RUN_FIELDS, RecordError, run_id, run_path
 
 
 def _sweep(tmp_path, runs, evals=()):
@@ -44,8 +44,13 @@ def test_synthetic_records_carry_every_run_field():
     (lambda p, rec: p.write_text("{ not json"), "cannot be read as JSON"),
     (lambda p, rec: p.write_text(json.dumps({k: v for k, v in rec.items() if k != "accounting"})), "lacks accounting"),
     (lambda p, rec: p.write_text(json.dumps({**rec, "status": "done"})), "status 'done'"),
-    (lambda p, rec: p.write_text(json.dumps({**rec, "metrics": {}})), "needs metrics.val_loss"),
-    (lambda p, rec: p.write_text(json.dumps({**rec, "run_id": "other"})), "does not match the file name"),
+    (lambda p, rec: p.write_text(p.read_text()[:200]), "cannot be read as JSON"),  # torn by a full disk
+    (lambda p, rec: p.write_text(json.dumps({**rec, "metrics": {}})), "needs a finite metrics.val_loss"),
+    (lambda p, rec: p.write_text(json.dumps({**rec, "metrics": {"val_loss": float("nan")}})), "finite"),
+    (lambda p, rec: p.write_text(json.dumps({**rec, "metrics": {"val_loss": float("inf")}})), "finite"),
+    (lambda p, rec: p.write_text(json.dumps({**rec, "config": {**rec["config"], "seed": 7}})),
+     "config was changed after the run was recorded"),
+    (lambda p, rec: p.write_text(json.dumps(make_run_record(sweep="s", seed=2))), "does not match the file name"),
 ])
 def test_a_malformed_run_record_is_an_error_naming_the_file(tmp_path, breakage, message):
     rec = make_run_record(sweep="s")
@@ -53,6 +58,16 @@ def test_a_malformed_run_record_is_an_error_naming_the_file(tmp_path, breakage, 
     path = run_path(tmp_path, "s", rec["run_id"])
     breakage(path, rec)
     with pytest.raises(RecordError, match=message) as err:
+        data.load(tmp_path, ["s"])
+    assert str(path) in str(err.value)
+
+
+def test_a_record_of_another_sweep_is_not_pooled_into_this_one(tmp_path):
+    write_sweep(tmp_path, [make_run_record(sweep="s")])
+    stray = make_run_record(sweep="other")
+    path = run_path(tmp_path, "s", stray["run_id"])
+    path.write_text(json.dumps(stray))
+    with pytest.raises(RecordError, match="belongs to sweep 'other'") as err:
         data.load(tmp_path, ["s"])
     assert str(path) in str(err.value)
 
@@ -108,6 +123,7 @@ def test_memory_and_twin_pairs_the_best_memory_run_with_its_moe_twin(tmp_path):
         rec = make_run_record(sweep="s", experiment="allocation", seed=seed, val_loss=loss,
                               axes={"rho": rho, "budget": f"{total:g}", "seed": seed})
         rec["config"]["budget"] = {"total_params": total, "rho": rho}
+        rec["run_id"] = run_id(rec["config"])
         return rec
 
     runs = [run(2e7, 0.8, 0, 2.0), run(2e7, 1.0, 0, 2.1),  # the smaller budget: complete, but not the largest

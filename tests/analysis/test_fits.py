@@ -4,13 +4,15 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
+import statsmodels.api as sm
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
 from analysis import claims, fits, stats
 from analysis.data import frame_from_records
-from analysis.simulate import (quadratic_law, simulate_ablation, simulate_placement, simulate_power_law,
-                               simulate_u_curve)
+from analysis.simulate import (linex_law, quadratic_law, simulate_ablation, simulate_placement, simulate_power_law,
+                               simulate_u_curve, split_quadratic_law)
 
 RHOS = tuple(np.round(np.linspace(0.3, 1.0, 10), 3))
 
@@ -29,7 +31,9 @@ def test_u_curve_recovers_the_optimum_inside_both_intervals():
         assert _inside(true, b["rho_star"]["ci_delta"]) and _inside(true, b["rho_star"]["ci_bootstrap"])
         gap = 0.28 * 0.22 ** 2 if budget == "2e20" else 0.30 * 0.28 ** 2
         assert _inside(gap, b["loss_gap_rho1"]["ci_bootstrap"])
-        assert "U-shaped" in b["verdict"] and "alternative" in b and b["preferred_by_aic"] in ("quadratic", "cubic")
+        assert "U-shaped" in b["verdict"] and b["optimum"]["interior_shown"]
+        assert b["selection"]["chosen"] == b["optimum"]["model"] and _inside(true, b["optimum"]["ci_bootstrap"])
+        assert b["optimum"]["bootstrap"]["scheme"] == "residuals"  # one run per rho: no seeds to resample
     assert _inside(0.72 - 0.78, f["stability"]["ci"])
 
 
@@ -68,9 +72,158 @@ def test_a_monotone_law_has_no_interior_optimum(law):
     f = fits.fit_all(df, n_boot=500)
     b = f["u_curve"]["budgets"]["b"]
     assert not b["interior"] and "no interior optimum" in b["verdict"]
+    o = b["optimum"]
+    assert not o["interior"] and o["estimate"] == b["rho_range"][1]  # the range end, never a point past it
+    assert o["ci_bootstrap"][1] <= b["rho_range"][1] and o["bootstrap"]["share_at_high"] >= 0.95
     results = {r["id"]: r for r in claims.evaluate(f, df)}
     assert results["allocation.u_shape"]["verdict"] == claims.CONTRADICTS  # loss still falling at rho = 1
     assert results["allocation.optimum"]["verdict"] != claims.SUPPORTS
+
+
+# --- the U-curve law chosen by AICc, and the seed bootstrap of its optimum ----------------------------------------
+
+NINE = tuple(np.round(np.linspace(0.1, 1.0, 9), 4))  # the sampled range of the recovery tests: 9 rho values
+
+
+def _law_choice(law, seeds=4, noise=0.015, rhos=NINE, rng_seed=0, n_boot=200, **sim):
+    df = frame_from_records(simulate_u_curve(np.random.default_rng(rng_seed), {"b": law}, rhos, seeds=seeds,
+                                             noise=noise, **sim))
+    return fits.fit_u_curve_group(df, n_boot=n_boot, seed=rng_seed)
+
+
+@pytest.mark.parametrize("model, params, rho_star", [
+    ("quadratic", [2.0, -0.9, 0.75], 0.6),
+    ("cubic", [2.0, -1.2, 0.6, 0.5], max(np.roots([1.5, 1.2, -1.2]))),  # slope -1.2 + 1.2 x + 1.5 x^2 = 0
+    ("asymmetric", [1.8, 0.3, 2.0, 0.5537], 0.5537),  # r between the profile's grid points
+])
+def test_each_law_recovers_its_own_coefficients_and_minimum(model, params, rho_star):
+    x = np.repeat(NINE, 2)
+    y = stats.u_predict(model, params, x) + np.tile([1e-5, -1e-5], len(NINE))  # a pure law, but a non-zero RSS
+    choice, _ = stats.u_model_choice(x, y, n_boot=20)
+    c = choice["selection"]["candidates"][model]
+    assert c["params"] == pytest.approx(params, abs=1e-3)
+    assert c["rho_star"] == pytest.approx(rho_star, abs=1e-3) and c["interior"]
+    assert [v["estimate"] for v in c["coefficients"].values()] == pytest.approx(c["params"])
+    assert choice["selection"]["chosen"] == model  # the true law fits to 1e-5; the others do not
+
+
+def test_the_likelihood_behind_aicc_is_statsmodels_own():
+    rng = np.random.default_rng(20)
+    x = np.repeat(NINE, 3)
+    y = split_quadratic_law(1.8, 0.4, 0.5, 1.5)(x) + rng.normal(0, 0.01, len(x))
+    choice, _ = stats.u_model_choice(x, y, seeds=np.tile([0, 1, 2], len(NINE)), n_boot=20)
+    var = stats.seed_variances(*_n_and_sd(x, y))
+    w = 1 / np.repeat(var, 3)
+    for model, c in choice["selection"]["candidates"].items():
+        p = np.asarray(c["params"])
+        X = (stats.split_design(x, p[3])[:, [0] + [i for i in (1, 2) if p[i] > 0]] if model == "asymmetric"
+             else np.vander(x, len(p), increasing=True))
+        res = sm.WLS(y, X, weights=w).fit()
+        assert c["llf"] == pytest.approx(res.llf, rel=1e-9)
+        k = len(p) + 1
+        assert c["aicc"] == pytest.approx(-2 * res.llf + 2 * k + 2 * k * (k + 1) / (len(x) - k - 1), rel=1e-9)
+
+
+def _n_and_sd(x, y):
+    pts = pd.DataFrame({"x": x, "y": y}).groupby("x")["y"]
+    return pts.count().to_numpy(), pts.std().to_numpy()
+
+
+STRONGLY_ASYMMETRIC = [  # curvature 10x apart; each arm rises 0.04 to 0.4 over the sampled range
+    (0.3, split_quadratic_law(1.8, 0.3, 2.0, 0.2)),
+    (0.55, split_quadratic_law(1.8, 0.55, 0.2, 2.0)),
+    (0.8, split_quadratic_law(1.8, 0.8, 0.25, 2.5)),
+]
+
+
+@pytest.fixture(scope="module")
+def strongly_asymmetric():
+    """5 independent draws of each law, 4 seeds, seed noise 0.015 (the measured problem's scale)."""
+    return {rho_star: [_law_choice(law, rng_seed=i) for i in range(5)] for rho_star, law in STRONGLY_ASYMMETRIC}
+
+
+@pytest.mark.parametrize("rho_star", [r for r, _ in STRONGLY_ASYMMETRIC])
+def test_aicc_prefers_a_skewed_law_and_its_interval_covers_the_true_optimum(strongly_asymmetric, rho_star):
+    draws = strongly_asymmetric[rho_star]
+    assert all(f["selection"]["candidates"]["quadratic"]["delta_aicc"] > 4 for f in draws)
+    assert sum(_inside(rho_star, f["optimum"]["ci_bootstrap"]) for f in draws) >= 3
+    assert all(f["optimum"]["bootstrap"]["scheme"] == "paired seeds" and f["optimum"]["interior_shown"]
+               for f in draws)
+
+
+def test_the_asymmetric_law_wins_most_draws_of_itself(strongly_asymmetric):
+    # measured over 100 draws per law: AICc picks the asymmetric law in 69-93, the cubic in the rest, the quadratic
+    # in at most 1 (the cubic's skew is close to a 10x curvature ratio when the flat arm is short)
+    chosen = [f["selection"]["chosen"] for draws in strongly_asymmetric.values() for f in draws]
+    assert chosen.count("asymmetric") >= 10 and "quadratic" not in chosen
+
+
+@pytest.mark.parametrize("rho_star, law", [(0.3, linex_law(1.8, 0.3, 0.02, -6.0)),
+                                           (0.55, linex_law(1.8, 0.55, 0.03, 4.0)),
+                                           (0.8, linex_law(1.8, 0.8, 0.02, 7.7))])
+def test_the_optimum_of_a_skewed_law_none_of_the_three_has_is_recovered(rho_star, law):
+    # LINEX: one arm exponential, the other about linear (the 0.8 one is back at its rho = 1 loss near rho = 0.4, as
+    # the paper's curve). Measured over 10 draws: coverage 0.9 at each rho*, with the cubic or asymmetric law chosen
+    draws = [_law_choice(law, rng_seed=10 + i) for i in range(5)]
+    assert sum(_inside(rho_star, f["optimum"]["ci_bootstrap"]) for f in draws) >= 3
+
+
+def test_a_symmetric_law_keeps_the_quadratic_or_its_optimum():
+    law = quadratic_law(1.8, 0.55, 0.5)
+    draws = [_law_choice(law, rng_seed=20 + i) for i in range(5)]
+    assert [f["selection"]["chosen"] for f in draws].count("quadratic") >= 3
+    for f in draws:  # where another law wins, it puts the optimum where the quadratic does, within its interval
+        assert _inside(f["selection"]["candidates"]["quadratic"]["rho_star"], f["optimum"]["ci_bootstrap"])
+        assert _inside(0.55, f["rho_star"]["ci_bootstrap"])
+
+
+def test_a_seed_offset_shared_across_rho_does_not_widen_the_interval():
+    # every seed shifts its whole curve by N(0, 0.05^2), far above the noise 0.005. The offsets cannot move the
+    # optimum, and with paired seeds the bootstrap removes them; the same runs with unpaired seeds cannot tell an
+    # offset from noise, and their interval widens
+    law = split_quadratic_law(1.8, 0.55, 0.3, 1.5)
+    df = frame_from_records(simulate_u_curve(np.random.default_rng(30), {"b": law}, NINE, seeds=4, noise=0.005,
+                                             seed_effect=0.05))
+    paired = fits.fit_u_curve_group(df)
+    unpaired = fits.fit_u_curve_group(df.assign(seed=np.arange(len(df))))  # seeds no longer shared across rho
+    assert paired["optimum"]["bootstrap"]["scheme"] == "paired seeds"
+    assert unpaired["optimum"]["bootstrap"]["scheme"] == "runs within rho"
+    width = {k: f["optimum"]["ci_bootstrap"][1] - f["optimum"]["ci_bootstrap"][0]
+             for k, f in (("paired", paired), ("unpaired", unpaired))}
+    assert width["paired"] < width["unpaired"] / 2
+    assert _inside(0.55, paired["optimum"]["ci_bootstrap"])
+
+
+def test_single_runs_fall_back_to_residual_resampling_and_few_points_leave_laws_out():
+    f = _law_choice(quadratic_law(1.8, 0.6, 0.5), seeds=1, noise=0.005)
+    assert f["optimum"]["bootstrap"]["scheme"] == "residuals" and f["selection"]["weights"].startswith("none")
+    # 5 runs: AICc of a 3-parameter law needs 6, so no law takes part
+    f = _law_choice(quadratic_law(1.8, 0.6, 0.5), seeds=1, noise=0.005, rhos=(0.2, 0.4, 0.6, 0.8, 1.0))
+    assert f["selection"] is None and f["optimum"] is None and f["verdict"].startswith("cannot tell")
+    f = _law_choice(quadratic_law(1.8, 0.6, 0.5), seeds=2, noise=0.005, rhos=(0.2, 0.5, 0.8, 1.0))
+    assert set(f["selection"]["candidates"]) == {"quadratic"} and set(f["selection"]["left_out"]) == {
+        "cubic", "asymmetric"}  # 4 rho values leave no lack-of-fit df for a 4-parameter law
+
+
+def test_the_noise_floor_is_the_seed_spread_at_each_rho():
+    f = _law_choice(quadratic_law(1.8, 0.6, 0.5), seeds=4, noise=0.02)
+    nf = f["noise_floor"]
+    pts = pd.DataFrame(f["points"])
+    assert [p["sd"] for p in nf["per_rho"]] == pytest.approx(list(pts["sd"]))
+    assert nf["mean_sd"] == pytest.approx(pts["sd"].mean())
+    assert nf["pooled_sd"] == pytest.approx(np.sqrt((pts["sd"] ** 2).mean()))  # equal seeds: the mean variance
+    assert 0.012 < nf["pooled_sd"] < 0.029  # 27 df around the simulated 0.02: a 99.9% chi-square range
+    assert _law_choice(quadratic_law(1.8, 0.6, 0.5), seeds=1)["noise_floor"]["mean_sd"] is None
+
+
+def test_rho_star_stability_compares_the_chosen_laws_of_two_budgets():
+    laws = {"1e20": split_quadratic_law(1.8, 0.4, 0.3, 1.5), "3e20": split_quadratic_law(1.7, 0.8, 0.3, 1.5),
+            "9e20": split_quadratic_law(1.6, 0.8, 0.3, 1.5)}
+    df = frame_from_records(simulate_u_curve(np.random.default_rng(40), laws, NINE, seeds=4, noise=0.01))
+    s = fits.fit_u_curve(df, n_boot=300)["stability"]
+    assert s["budgets"] == ["1e20", "9e20"] and _inside(0.4, s["ci"]) and s["ci"][0] > 0
+    same = fits.fit_u_curve(df[df["axes.budget"] != "1e20"], n_boot=300)["stability"]
+    assert same["budgets"] == ["3e20", "9e20"] and _inside(0.0, same["ci"])
 
 
 def test_too_few_rho_values_cannot_tell():

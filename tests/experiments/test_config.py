@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from engram.config import ConfigError
+from engram_lab.cli import main
 from experiments.config import load_trial, resolve, trial_from_dict, trial_id
 from experiments.optim import build_optimizers, lr_factor, OptimConfig, parameter_groups
 from engram.model import EngramLM
@@ -100,3 +101,34 @@ def test_a_field_added_later_changes_the_run_id_only_away_from_its_old_value():
 
     assert rid() == rid("data.synthetic.needle_queries=1") != rid("data.synthetic.needle_queries=2")
     assert rid() == rid("data.synthetic.category_weights.lookup=0") != rid("data.synthetic.category_weights.lookup=1")
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "{}\n", "---\n"],
+                         ids=["nothing", "blank lines", "comments", "empty mapping", "empty document"])
+def test_an_empty_config_file_is_refused_naming_the_file(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_trial(path)
+    assert err.value.field == str(path) and "empty" in err.value.reason
+    # overrides do not make an empty file a config: it is still most likely the wrong file or one cut short
+    with pytest.raises(ConfigError) as err:
+        load_trial(path, ["train.tokens=1e5"])
+    assert err.value.field == str(path)
+
+
+def test_a_config_file_that_sets_one_field_takes_the_defaults_for_the_rest(tmp_path):
+    path = tmp_path / "one_field.yaml"
+    path.write_text("experiment: custom\n")
+    assert load_trial(path) == trial_from_dict({})
+
+
+def test_engram_lab_train_refuses_an_empty_config_before_training(tmp_path, monkeypatch, capsys):
+    def no_training(*args, **kwargs):
+        raise AssertionError("an empty config reached training")
+
+    monkeypatch.setattr("experiments.train.run_trial", no_training)
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing yet\n")
+    assert main(["train", str(path), "--results", str(tmp_path / "results")]) == 2
+    assert f"{path}: the config file is empty" in capsys.readouterr().err

@@ -3,7 +3,9 @@ two processes (the same loss curve as one process, resumable on another number o
 
 import csv
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,8 +21,10 @@ from engram.budget import count
 from engram.model import EngramLM
 from experiments.checkpoint import load_model
 from experiments.config import resolve, trial_from_dict, trial_id
-from engram_lab.records import read_run_record
-from experiments.train import TrialFailed, model_of, run_trial, trial_lock
+from engram_lab.cli import main
+from engram_lab.records import portable_path, read_run_record, run_path
+from experiments.module import KeepPreviousCheckpointIO, previous_checkpoint, resume_checkpoint
+from experiments.train import ResultsUnwritable, TrialFailed, model_of, run_trial, trial_lock
 
 from .tiny import tiny
 
@@ -47,6 +51,8 @@ def test_tiny_trial_completes_and_learns(trained):
     assert m["tokens_per_second_steady"] > 0 and m["tokens_per_second"] > 0
     path = root / "results" / "_runs" / "runs" / f"{record['run_id']}.json"
     assert read_run_record(path)["run_id"] == record["run_id"] == trial_id(resolve(trial))
+    checkpoints = root / "runs" / "_runs" / record["run_id"] / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt", "last.previous.ckpt"]
 
 
 def test_record_accounting_equals_the_trained_model(trained):
@@ -245,3 +251,139 @@ def test_records_name_checkpoints_inside_the_working_directory_relatively(tmp_pa
     monkeypatch.chdir(tmp_path)
     assert portable_path(tmp_path / "runs" / "model") == portable_path("runs/model") == "runs/model"
     assert portable_path("/elsewhere/model") == "/elsewhere/model"
+
+
+# -- a resume checkpoint that does not load ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def crashed_at_step_8(tmp_path_factory):
+    """The work folder of PARALLEL crashed after its step-8 checkpoint: last.ckpt (step 8) and the one it replaced
+    (step 4). Tests damage copies of it."""
+    runs = tmp_path_factory.mktemp("crashed") / "runs"
+    with pytest.raises(TrialFailed):
+        run_trial(trial_from_dict(PARALLEL), results=runs.parent / "results", workdir=runs, callbacks=[CrashAtStep8()])
+    return runs
+
+
+def _copy_of(runs: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the work folder ``runs`` under ``tmp_path``, and its trial's checkpoint folder."""
+    copy = shutil.copytree(runs, tmp_path / "runs")
+    (checkpoints,) = copy.rglob("checkpoints")
+    return copy, checkpoints
+
+
+def _cut_in_half(path: Path) -> bytes:
+    """``path`` as a kill in the middle of writing it leaves it; returns what is left."""
+    left = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(left)
+    return left
+
+
+def test_a_cut_short_last_checkpoint_is_set_aside_and_the_one_before_resumed(tmp_path, crashed_at_step_8,
+                                                                             one_process, caplog):
+    ref, _ = one_process
+    runs, checkpoints = _copy_of(crashed_at_step_8, tmp_path)
+    last = checkpoints / "last.ckpt"
+    left = _cut_in_half(last)
+    with caplog.at_level(logging.WARNING, logger="experiments.module"):
+        got = run_trial(trial_from_dict(PARALLEL), results=tmp_path / "results", workdir=runs)
+    assert got["status"] == "completed", got["reason"]
+    (kept,) = checkpoints.glob("last.ckpt.corrupt-*")
+    assert kept.read_bytes() == left  # moved aside, not deleted
+    assert got["resumed_from"] == {"checkpoint": portable_path(checkpoints / "last.previous.ckpt"), "step": 4,
+                                   "set_aside": [portable_path(kept)]}
+    assert read_run_record(run_path(tmp_path / "results", "", got["run_id"]))["resumed_from"] == got["resumed_from"]
+    assert f"{last} cannot be loaded" in caplog.text and f"set aside as {kept}" in caplog.text
+    assert "resuming from" in caplog.text and "at step 4" in caplog.text
+    _same_curves(got, ref)
+
+
+def test_with_no_checkpoint_that_loads_the_trial_starts_again_from_scratch(tmp_path, crashed_at_step_8, one_process,
+                                                                          caplog):
+    ref, _ = one_process
+    runs, checkpoints = _copy_of(crashed_at_step_8, tmp_path)
+    (checkpoints / "last.ckpt").write_bytes(b"")  # killed right after the file was opened
+    _cut_in_half(checkpoints / "last.previous.ckpt")
+    with caplog.at_level(logging.WARNING, logger="experiments.module"):
+        got = run_trial(trial_from_dict(PARALLEL), results=tmp_path / "results", workdir=runs)
+    assert got["status"] == "completed", got["reason"]
+    kept = sorted(checkpoints.glob("*.corrupt-*"))
+    assert [p.name.split(".corrupt-")[0] for p in kept] == ["last.ckpt", "last.previous.ckpt"]
+    assert got["resumed_from"] == {"checkpoint": None, "step": 0, "set_aside": [portable_path(p) for p in kept]}
+    assert "starting from scratch" in caplog.text
+    _same_curves(got, ref)
+
+
+def test_only_rank_zero_sets_a_checkpoint_aside_and_every_rank_makes_the_same_choice(tmp_path, caplog):
+    last, previous = tmp_path / "last.ckpt", tmp_path / "last.previous.ckpt"
+    torch.save({"global_step": 4}, previous)
+    torch.save({"global_step": 8}, last)
+    _cut_in_half(last)
+    with caplog.at_level(logging.WARNING, logger="experiments.module"):
+        assert resume_checkpoint(last, leader=False) == (previous, 4)
+        assert last.exists() and not caplog.text  # the leader reports it
+        assert resume_checkpoint(last, leader=True) == (previous, 4)
+    assert not last.exists() and len(list(tmp_path.glob("last.ckpt.corrupt-*"))) == 1
+    assert resume_checkpoint(last, leader=False) == (previous, 4)  # a rank that looks after the leader moved it
+
+
+def test_a_checkpoint_save_cut_short_leaves_the_last_one_whole_and_the_one_before_kept(tmp_path, monkeypatch):
+    writer, last = KeepPreviousCheckpointIO(), tmp_path / "last.ckpt"
+    writer.save_checkpoint({"global_step": 4}, last)
+    writer.save_checkpoint({"global_step": 8}, last)
+
+    def disk_full_halfway(obj, f):
+        f.write(b"PK\x03\x04 the first bytes of a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full_halfway)
+    with pytest.raises(OSError, match="No space left"):
+        writer.save_checkpoint({"global_step": 12}, last)
+    monkeypatch.undo()
+    assert torch.load(last, weights_only=True) == {"global_step": 8}
+    assert torch.load(previous_checkpoint(last), weights_only=True) == {"global_step": 4}
+
+
+# -- a results folder that cannot take the record ------------------------------------------------------------------
+
+class CountSteps(L.Callback):
+    def __init__(self):
+        self.steps = 0
+
+    def on_train_batch_start(self, *args) -> None:
+        self.steps += 1
+
+
+def _file_in_the_way(results: Path) -> None:
+    results.write_text("not a folder")
+
+
+def _read_only(results: Path) -> None:
+    results.mkdir()
+    results.chmod(0o555)
+
+
+@pytest.mark.parametrize("make_unwritable", [
+    _file_in_the_way,
+    pytest.param(_read_only, marks=pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")),
+])
+def test_an_unwritable_results_folder_is_refused_before_any_step(tmp_path, make_unwritable):
+    results = tmp_path / "results"
+    make_unwritable(results)
+    steps = CountSteps()
+    try:
+        with pytest.raises(ResultsUnwritable) as err:
+            run_trial(trial_from_dict(PARALLEL), results=results, workdir=tmp_path / "runs", callbacks=[steps])
+    finally:
+        results.chmod(0o755)
+    assert f"cannot write run records to {results / '_runs' / 'runs'}" in str(err.value)
+    assert steps.steps == 0 and not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_engram_lab_train_refuses_an_unwritable_results_folder_naming_it(tmp_path, capsys):
+    config = _config(tmp_path)
+    _file_in_the_way(tmp_path / "results")
+    assert main(["train", str(config), "--results", str(tmp_path / "results"), "--workdir",
+                 str(tmp_path / "runs")]) == 2
+    assert f"cannot write run records to {tmp_path / 'results' / '_runs' / 'runs'}" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.ckpt"))

@@ -2,11 +2,13 @@
 
 One scenario per executor covers what a cluster does to a sweep: a trial requeued mid-run (SLURM) resumes from its
 checkpoint, a killed trial is recorded as failed and completed by ``--retry-failed``, and a driver
-killed mid-sweep is restarted and finishes with exactly one completed record per trial.
+killed mid-sweep is restarted and finishes with exactly one completed record per trial. Every test that needs the
+cluster is marked ``slurm``.
 """
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,6 +22,7 @@ import yaml
 from engram_lab.records import read_run_record
 from sweeps.launch import run_sweep
 from sweeps.spec import expand, load_spec
+from sweeps.status import sweep_status
 from sweeps.study import load, trials_by_run
 
 from ..experiments.tiny import tiny
@@ -27,15 +30,24 @@ from ..experiments.tiny import tiny
 REPO = Path(__file__).resolve().parents[2]
 
 
-def slurm_up() -> bool:
+def slurm_missing() -> str | None:
+    """Why the SLURM tests cannot run here, or None: they need a node up and accounting (job states come from sacct)."""
+    start = "start one with ../shared/slurm/start-local-slurm.sh --accounting, as .ci/run does"
     if not shutil.which("sinfo"):
-        return False
-    out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
-    return out.returncode == 0 and any(s.strip() in ("idle", "mix", "alloc") for s in out.stdout.split())
+        return f"no SLURM here (sinfo is not on the PATH): {start}"
+    nodes = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    if nodes.returncode != 0 or not any(s.strip() in ("idle", "mix", "alloc") for s in nodes.stdout.split()):
+        return f"no SLURM cluster is running (sinfo: {(nodes.stderr or nodes.stdout).strip() or 'no node up'}): {start}"
+    accounting = subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True, text=True)
+    if accounting.returncode != 0:
+        return f"SLURM runs without accounting (sacct: {accounting.stderr.strip()}): {start}"
+    return None
 
 
-EXECUTORS = [pytest.param("local"),
-             pytest.param("slurm", marks=pytest.mark.skipif(not slurm_up(), reason="no SLURM cluster is running"))]
+# Every test that needs the running cluster is marked `slurm` (`pytest -m slurm` selects them) and skips without it.
+NO_SLURM = slurm_missing()
+SKIP_WITHOUT_SLURM = pytest.mark.skipif(NO_SLURM is not None, reason=NO_SLURM or "")
+EXECUTORS = [pytest.param("local"), pytest.param("slurm", marks=[pytest.mark.slurm, SKIP_WITHOUT_SLURM])]
 
 
 def write_spec(tmp_path: Path, name: str, executor: str, steps: int = 40, seeds=(0, 1, 2), **slurm) -> Path:
@@ -153,7 +165,8 @@ def test_two_drivers_on_one_sqlite_storage_neither_duplicate_nor_lose(tmp_path):
     assert len(read_ledger_at(tmp_path / "runs" / "twin")) == 3
 
 
-@pytest.mark.skipif(not slurm_up(), reason="no SLURM cluster is running")
+@pytest.mark.slurm
+@SKIP_WITHOUT_SLURM
 def test_a_trial_of_two_tasks_trains_data_parallel_through_slurm(tmp_path):
     """A spec asking for two tasks per trial: submitit starts two processes on the node (gloo), Lightning takes its
     ranks from SLURM, and the sweep ends with one completed record, written once."""
@@ -166,3 +179,55 @@ def test_a_trial_of_two_tasks_trains_data_parallel_through_slurm(tmp_path):
     (job,) = read_ledger_at(tmp_path / "runs" / "two-tasks").values()
     logs = sorted(p.name for p in (tmp_path / "runs" / "two-tasks" / "logs").rglob(f"{job['job_id']}_*_log.out"))
     assert logs == [f"{job['job_id']}_0_log.out", f"{job['job_id']}_1_log.out"]  # one per task
+
+
+@pytest.mark.slurm
+@SKIP_WITHOUT_SLURM
+def test_array_tasks_cancelled_while_pending_are_recorded_failed_and_retried(tmp_path):
+    """Slurm forgets a pending array task cancelled on its own (neither squeue nor sacct lists it again), and
+    accounts the rest of an array cancelled while pending as CANCELLED with no node. Neither is left running: status
+    shows them lost, the driver records them failed, and ``--retry-failed`` trains them."""
+    name = "cancelled"
+    spec_path = write_spec(tmp_path, name, "slurm", steps=4, seeds=(0, 1), additional={"hold": True})
+    folders = {"results": tmp_path / "results", "workdir": tmp_path / "runs"}
+    run_sweep(spec_path, **folders, wait=False, analyse=False, echo=lambda *_: None)
+    alone, rest = (p.run_id for p in expand(load_spec(spec_path)))
+    ledger = read_ledger_at(tmp_path / "runs" / name)
+    array = ledger[alone]["job_id"].split("_")[0]
+    assert ledger[rest]["job_id"] == f"{array}_1"  # held: both tasks of one array pending
+    subprocess.run(["scancel", ledger[alone]["job_id"]], check=True)
+    subprocess.run(["scancel", array], check=True)
+
+    status = sweep_status(name, **folders)
+    for rid in (alone, rest):
+        (row,) = [line for line in status.splitlines() if line.startswith(rid)]
+        assert " lost " in row and "cancelled before it started" in row, status
+
+    run_sweep(spec_path, **folders, wait=False, analyse=False, echo=lambda *_: None)
+    got = records(tmp_path, name)
+    assert {r["status"] for r in got.values()} == {"failed"}
+    assert "cancelled before it started" in got[alone]["reason"] and "SLURM state: none" in got[alone]["reason"]
+    assert "cancelled before it started" in got[rest]["reason"] and "SLURM state: CANCELLED" in got[rest]["reason"]
+
+    spec_path = write_spec(tmp_path, name, "slurm", steps=4, seeds=(0, 1))  # the same trials, not held
+    said = []
+    outcome = run_sweep(spec_path, **folders, retry_failed=True, analyse=False, poll_s=1.0, timeout_s=600,
+                        echo=said.append)
+    assert outcome.count("completed") == 2, said
+    got = records(tmp_path, name)
+    for rid in (alone, rest):
+        assert got[rid]["status"] == "completed"
+        (line,) = [line for line in said if line.startswith("[") and rid in line]  # said as it finished
+        assert "completed" in line and f"val_loss {got[rid]['metrics']['val_loss']:.4f}" in line
+
+
+def test_the_slurm_mark_selects_every_test_that_needs_the_cluster_and_each_skips_without_one():
+    no_slurm = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # sinfo, squeue and sacct out of reach
+    run = subprocess.run([sys.executable, "-m", "pytest", "-v", "-m", "slurm", __file__], capture_output=True,
+                         text=True, cwd=REPO, env=no_slurm)
+    skipped = {line.split("::", 1)[1].split()[0] for line in run.stdout.splitlines() if " SKIPPED " in line}
+    assert skipped == {"test_sweep_survives_requeue_cancel_and_a_dead_driver[slurm]",
+                       "test_a_trial_of_two_tasks_trains_data_parallel_through_slurm",
+                       "test_array_tasks_cancelled_while_pending_are_recorded_failed_and_retried"}, run.stdout
+    why = re.findall(r"SKIPPED \[(\d+)\] .*: no SLURM here \(sinfo is not on the PATH\): start one with", run.stdout)
+    assert sum(map(int, why)) == 3, run.stdout  # -ra's summary: each skip says why

@@ -6,7 +6,7 @@ import yaml
 from engram.config import ConfigError
 from sweeps.launch import SweepPaths, prepare, run_sweep
 from sweeps.status import sweep_status
-from experiments.config import trial_id
+from experiments.config import trial_from_dict, trial_id
 from sweeps.spec import SlurmSpec, expand, grid_points, load_spec, on_slurm
 from sweeps.study import grid_choices, grid_distributions, mirror_record, open_study
 
@@ -97,3 +97,68 @@ def test_status_of_a_prepared_sweep_lists_every_trial_before_any_record(tmp_path
     prepare(spec, paths, expand(spec))
     out = sweep_status(spec.name, tmp_path / "results", tmp_path / "runs")
     assert out.count(" missing ") == 2 and "trials: 2 missing" in out  # no val_loss yet: shown as '-'
+
+
+def _nondeterministic_base():
+    base = tiny(budget={"total_params": 400_000, "rho": 0.8})
+    del base["train"]["deterministic"]
+    return base
+
+
+def test_sweeps_train_deterministically_unless_the_spec_says_otherwise(tmp_path):
+    (default,) = expand(load_spec(_spec(tmp_path, trial=_nondeterministic_base())))
+    assert default.trial.train.deterministic
+    (off,) = expand(load_spec(_spec(tmp_path, trial=_nondeterministic_base(), set={"train.deterministic": False})))
+    assert not off.trial.train.deterministic
+    kernels = {"levels": {"exact": {}, "fast": {"train.deterministic": False}}}
+    by_axis = expand(load_spec(_spec(tmp_path, trial=_nondeterministic_base(), grid={"kernels": kernels})))
+    assert [p.trial.train.deterministic for p in by_axis] == [True, False]
+    assert by_axis[0].run_id != by_axis[1].run_id  # what a trial trains with is part of its id
+
+
+def test_seeds_run_every_grid_point_at_each_seed_and_the_plan_counts_them(tmp_path, capsys):
+    path = _spec(tmp_path, grid={"rho": {"path": "budget.rho", "values": [0.5, 0.8]}}, seeds=3,
+                 points=[{"rho": 0.65}, {"rho": 0.9, "seed": 7}])
+    planned = expand(load_spec(path))
+    assert [(p.axes["rho"], p.axes["seed"]) for p in planned] == [
+        (0.5, 0), (0.5, 1), (0.5, 2), (0.8, 0), (0.8, 1), (0.8, 2), (0.65, 0), (0.65, 1), (0.65, 2), (0.9, 7)]
+    assert all(p.trial.seed == p.axes["seed"] and list(p.axes)[-1] == "seed" for p in planned)
+    run_sweep(path, dry_run=True)
+    assert "10 trials = 4 grid points x 1-3 seeds" in capsys.readouterr().out
+    listed = expand(load_spec(_spec(tmp_path, seeds=[0, 4])))
+    assert [p.trial.seed for p in listed] == [0, 4]
+
+
+@pytest.mark.parametrize("extra,reason", [
+    ({"seeds": 0}, "at least one seed"), ({"seeds": True}, "a number of seeds"), ({"seeds": [1, 1]}, "twice"),
+    ({"seeds": [0, -1]}, "integers >= 0"),
+    ({"seeds": 2, "grid": {"seed": {"path": "seed", "values": [0, 1]}}}, "grid already sets the seed"),
+    ({"seeds": 2, "optuna": {"space": {"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2}}}}, "Optuna study"),
+])
+def test_bad_seeds_are_refused_naming_the_field(tmp_path, extra, reason):
+    with pytest.raises(ConfigError) as err:
+        load_spec(_spec(tmp_path, **extra))
+    assert err.value.field == "seeds" and reason in err.value.reason
+
+
+@pytest.mark.parametrize("name", ["../x", "/tmp/x", "a/b", ".hidden", "a..b", "..", "x y"])
+def test_a_sweep_name_that_is_not_one_folder_is_refused_before_anything_runs(tmp_path, name):
+    with pytest.raises(ConfigError) as err:
+        run_sweep(_spec(tmp_path, name=name), results=tmp_path / "results", workdir=tmp_path / "runs")
+    assert err.value.field == "name" and "not a sweep name" in err.value.reason
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+    with pytest.raises(ConfigError) as err:  # the same name given to one trial, as a lone run's override would
+        trial_from_dict(tiny(), [f"sweep={name}"])
+    assert err.value.field == "sweep"
+
+
+def test_a_sweep_name_set_by_an_axis_is_refused_naming_the_point(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        expand(load_spec(_spec(tmp_path, grid={"where": {"levels": {"away": {"sweep": "../elsewhere"}}}})))
+    assert err.value.field == "point where=away: sweep"
+
+
+def test_sweep_names_of_letters_digits_dashes_underscores_and_dots_are_kept(tmp_path):
+    for name in ("allocation-text", "eval_synthetic_5e7", "v1.2"):
+        assert load_spec(_spec(tmp_path, name=name)).name == name
+        assert trial_from_dict(tiny(), [f"sweep={name}"]).sweep == name

@@ -1,0 +1,84 @@
+"""The power estimate of ``engram-lab plan --power``: proven on the delta method first, then through the command."""
+
+import numpy as np
+import pytest
+import yaml
+
+from analysis.simulate import quadratic_law, simulate_u_curve, write_sweep
+from engram_lab.cli import main
+from sweeps.power import Curve, half_width, paper_curve, power
+
+from ..experiments.tiny import tiny
+
+RHOS = [0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
+
+
+def _delta_method_half_width(rhos, curve: Curve, noise: float, seeds: int) -> float:
+    """1.96 standard errors of -b/2c from the least-squares covariance: right where the noise is small."""
+    X = np.vander(np.repeat(rhos, seeds), 3, increasing=True)
+    _, b, c = curve.params
+    g = np.array([0.0, -1 / (2 * c), b / (2 * c * c)])
+    return 1.96 * noise * float(np.sqrt(g @ np.linalg.inv(X.T @ X) @ g))
+
+
+@pytest.mark.parametrize("seeds", [1, 4])
+def test_the_simulated_half_width_is_the_delta_methods_at_small_noise(seeds):
+    expected = _delta_method_half_width(RHOS, paper_curve(), 0.002, seeds)
+    assert half_width(RHOS, paper_curve(), 0.002, seeds) == pytest.approx(expected, rel=0.06)
+
+
+def test_more_seeds_narrow_rho_star_and_the_fewest_that_reach_the_target_are_found():
+    result = power(RHOS, paper_curve(), noise=0.01)
+    widths = list(result.half_widths.values())
+    assert widths == sorted(widths, reverse=True) and list(result.half_widths) == [1, 2, 4, 8, 16]
+    n = result.needed
+    assert half_width(RHOS, paper_curve(), 0.01, n) <= 0.05 < half_width(RHOS, paper_curve(), 0.01, n - 1)
+    assert power(RHOS, paper_curve(), noise=0.01) == result  # seeded draws: the same answer every time
+
+
+def test_past_sixteen_seeds_the_count_is_extrapolated():
+    result = power(RHOS, paper_curve(), noise=0.05)
+    assert result.needed is None and result.extrapolated > 16
+    assert result.extrapolated == pytest.approx(16 * (result.half_widths[16] / 0.05) ** 2, abs=1)
+
+
+def test_a_curve_without_a_minimum_is_refused():
+    with pytest.raises(ValueError, match="no minimum"):
+        power(RHOS, Curve(np.array([1.0, -0.1, 0.0]), "a line"), noise=0.01)
+
+
+def _allocation_spec(tmp_path, name="alloc"):
+    spec = {"name": name, "experiment": "allocation", "trial": tiny(budget={"total_params": 400_000, "rho": 0.8}),
+            "grid": {"rho": {"path": "budget.rho", "values": [0.2, 0.4, 0.6, 0.8, 1.0]}}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def test_plan_power_with_a_given_noise_uses_the_papers_u(tmp_path, capsys):
+    assert main(["plan", _allocation_spec(tmp_path), "--power", "--noise", "0.02",
+                 "--results", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    assert "5 trials = 5 grid points x 1 seed" in out
+    assert "seed noise sd 0.0200 nats (--noise)" in out and "curve: the paper's U" in out
+    assert "+-rho*" in out and "needed:" in out
+
+
+def test_plan_power_reads_a_pilots_noise_and_curve(tmp_path, capsys):
+    results = tmp_path / "results"
+    runs = simulate_u_curve(np.random.default_rng(0), {"2e20": quadratic_law(1.8, 0.6, 0.3)}, RHOS, seeds=3,
+                            noise=0.004, sweep="pilot")
+    write_sweep(results, runs)
+    losses = np.array([r["metrics"]["val_loss"] for r in runs]).reshape(len(RHOS), 3)  # rho-major, then seeds
+    pooled = float(np.sqrt(losses.var(axis=1, ddof=1).mean()))
+    assert main(["plan", _allocation_spec(tmp_path), "--power", "--pilot", "pilot", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert f"seed noise sd {pooled:.4f} nats (pooled over the repeated grid points of pilot: 16 degrees" in out
+    assert "curve: pilot budget 2e20: quadratic through its per-rho mean losses" in out
+    rho_star = float(out.split("true rho* ")[1].split(")")[0])
+    assert rho_star == pytest.approx(0.6, abs=0.05)
+
+
+def test_plan_power_without_noise_or_records_says_what_to_pass(tmp_path, capsys):
+    assert main(["plan", _allocation_spec(tmp_path), "--power", "--results", str(tmp_path / "results")]) == 2
+    assert "pass --pilot SWEEP" in capsys.readouterr().err
