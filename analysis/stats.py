@@ -319,7 +319,7 @@ def _convex_split_fit(Xw, Yw, paired: bool):
     return (beta[:, 0], best_rss[:, 0]) if paired else (beta, best_rss)
 
 
-def _argmin_in_range(model: str, params: np.ndarray, lo: float, hi: float):
+def argmin_in_range(model: str, params: np.ndarray, lo: float, hi: float):
     """Minimiser of each fitted law (rows of ``params``) on [lo, hi], whether it is a minimum strictly inside (else
     a range end: no interior optimum), and the law's value there. Nothing is extrapolated past the range."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -399,7 +399,7 @@ def u_model_choice(x, y, seeds=None, level: float = LEVEL, n_boot: int = 2000, s
     var = seed_variances(n_j, sd_j)
     w_j = np.ones(len(xp)) if var is None else 1 / var
     w = w_j[point]
-    names = [m for m, spec in U_MODELS.items() if len(xp) > len(spec["params"]) and n > len(spec["params"]) + 2]
+    names = participating_laws(len(xp), n)
     left_out = {m: f"needs more than {len(spec['params'])} rho values and {len(spec['params']) + 2} runs"
                 for m, spec in U_MODELS.items() if m not in names}
     if not names:
@@ -411,7 +411,7 @@ def u_model_choice(x, y, seeds=None, level: float = LEVEL, n_boot: int = 2000, s
     for m in names:
         params, rss = fitted[m]
         aicc, llf = _aicc(rss, n, len(U_MODELS[m]["params"]), log_w)
-        x_star, interior, y_star = _argmin_in_range(m, params, lo, hi)
+        x_star, interior, y_star = argmin_in_range(m, params, lo, hi)
         candidates[m] = {"formula": U_MODELS[m]["formula"], "params": params[0].tolist(),
                          "coefficients": _law_coefficients(m, params[0], x, y, w, level),
                          "k": len(U_MODELS[m]["params"]) + 1, "llf": float(llf[0]), "aicc": float(aicc[0]),
@@ -427,15 +427,9 @@ def u_model_choice(x, y, seeds=None, level: float = LEVEL, n_boot: int = 2000, s
     rng = np.random.default_rng(seed)
     scheme, units, xb, wb, Yb = _seed_resamples(x, y, point, xp, n_j, mean_j, w_j, seeds,
                                                 (chosen, np.asarray(candidates[chosen]["params"])), n_boot, rng)
-    boot = _fit_laws(xb, Yb, wb, lo, hi)
-    log_wb = float(np.log(wb).sum())
-    aiccs = np.stack([_aicc(boot[m][1], n, len(U_MODELS[m]["params"]), log_wb)[0] for m in names])
-    pick = aiccs.argmin(0)
-    per_law = [_argmin_in_range(m, boot[m][0], lo, hi) for m in names]
+    refit = choose_laws(xb, Yb, wb, lo, hi, names)
+    boot, pick, draws, inside, y_min = (refit[k] for k in ("fits", "pick", "rho_star", "interior", "loss_at_min"))
     rows = np.arange(n_boot)
-    draws = np.stack([p[0] for p in per_law])[pick, rows]
-    inside = np.stack([p[1] for p in per_law])[pick, rows]
-    y_min = np.stack([p[2] for p in per_law])[pick, rows]
     alpha = 1 - level
     c = candidates[chosen]
     optimum = {
@@ -459,6 +453,27 @@ def u_model_choice(x, y, seeds=None, level: float = LEVEL, n_boot: int = 2000, s
                              "1 / seed variance of the run's rho point, shrunk to the pooled variance"),
                  "chosen": chosen, "candidates": candidates, "left_out": left_out}
     return {"selection": selection, "optimum": optimum}, draws
+
+
+def participating_laws(n_rho: int, n_runs: int) -> list[str]:
+    """The laws of U_MODELS that take part in the choice for ``n_runs`` runs at ``n_rho`` distinct rho values: those
+    that leave a df of lack of fit across the rho values and for which AICc is defined."""
+    return [m for m, spec in U_MODELS.items() if n_rho > len(spec["params"]) and n_runs > len(spec["params"]) + 2]
+
+
+def choose_laws(x, Y, w, lo: float, hi: float, names: list[str]) -> dict:
+    """Every law of ``names`` fitted to each row of ``Y`` (B, n) at ``x`` with weights ``w``, and in each row the one
+    AICc chooses: its index in ``names`` (``pick``), its minimiser on [lo, hi] (``rho_star``), whether that is a
+    minimum strictly inside (``interior``) and the law's value there (``loss_at_min``); ``fits`` holds every law's
+    (params, RSS). What the seed bootstrap does to each resample, and the power estimate to each simulated sweep."""
+    fits = _fit_laws(x, Y, w, lo, hi)
+    log_w = float(np.log(w).sum())
+    aiccs = np.stack([_aicc(fits[m][1], len(x), len(U_MODELS[m]["params"]), log_w)[0] for m in names])
+    pick = aiccs.argmin(0)
+    per_law = [argmin_in_range(m, fits[m][0], lo, hi) for m in names]
+    rows = np.arange(Y.shape[0])
+    rho_star, interior, loss_at_min = (np.stack([p[k] for p in per_law])[pick, rows] for k in range(3))
+    return {"fits": fits, "pick": pick, "rho_star": rho_star, "interior": interior, "loss_at_min": loss_at_min}
 
 
 def _law_coefficients(model: str, params, x, y, w, level: float) -> dict:

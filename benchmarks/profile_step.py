@@ -3,14 +3,15 @@
 For each shape of the allocation ladder (the 2e14-FLOP trial of sweeps/specs/allocation_text.yaml and a ~3e15 one)
 the same model, optimizers and batch size are trained by
 
-* ``trainer``: :func:`experiments.train.run_trial` (Lightning, bf16; its steady-state rate, validation off);
+* ``trainer``: :func:`experiments.train.run_trial` (Lightning, bf16, deterministic as sweeps train; its steady
+  rate, validation off), compiled and with CUDA graphs (``train.compile: cudagraphs``); the reference;
 * ``loop`` variants: a bare loop doing what the trainer's step does (lookup, loss, backward, clipping, router
   biases, optimizers) on random tokens, with and without a host sync per step (the trainer reads the loss every
-  step), eager, compiled, and with fused AdamW;
+  step), eager, compiled, with fused AdamW and with CUDA graphs;
 
-and the busy share of the GPU in the best loop (kernel time / wall time, from the profiler) says how far launch and
-Python overhead are from the kernels themselves. MFU is against the device's dense bf16 peak, training FLOPs from
-``engram.budget``. Results: ``results/benchmarks/profile_step.json``.
+and the busy share of the GPU in the compiled and the graphed loops (kernel time / wall time, from the profiler)
+says how far launch and Python overhead are from the kernels themselves. MFU is against the device's dense bf16
+peak, training FLOPs from ``engram.budget``. Results: ``results/benchmarks/profile_step.json``.
 
     PYTHONPATH=. python3 benchmarks/profile_step.py
     BENCH_SMOKE=1 PYTHONPATH=. python3 benchmarks/profile_step.py   # the script's path on a CPU, toy sizes
@@ -47,16 +48,19 @@ SHAPES = {
 SMOKE = ["model.d_model=64", "model.n_heads=2", "model.ffn_hidden=128", "model.moe.expert_hidden=64",
          "model.engram.mem_dim=32", "budget.total_params=1.0e+6", "data.seq_len=64", "data.vocab_size=512",
          "data.tokenizer_docs=500", "train.batch_size=4", "train.val_tokens=1024"]
-LOOPS = {  # name: (compile, fused AdamW, host sync every step)
-    "loop eager, sync": (False, False, True),
-    "loop eager": (False, False, False),
-    "loop compiled, sync": (True, False, True),
-    "loop compiled": (True, False, False),
-    "loop compiled, fused AdamW": (True, True, False),
+LOOPS = {  # name: (compile mode or None, fused AdamW, host sync every step)
+    "loop eager, sync": (None, False, True),
+    "loop eager": (None, False, False),
+    "loop compiled, sync": ("default", False, True),
+    "loop compiled": ("default", False, False),
+    "loop compiled, fused AdamW": ("default", True, False),
+    "loop cudagraphs, fused AdamW": ("reduce-overhead", True, False),
 }
+PROFILED = ("loop compiled, fused AdamW", "loop cudagraphs, fused AdamW")
+TRAINERS = {"trainer compiled": "true", "trainer cudagraphs": "cudagraphs"}  # train.compile
 
 
-def bare_loop(trial, steps: int, compiled: bool, fused: bool, sync: bool, profile: bool = False) -> dict:
+def bare_loop(trial, steps: int, mode: str | None, fused: bool, sync: bool, profile: bool = False) -> dict:
     """Train ``steps`` steps as the trainer's step does, on random tokens; the rate after a warm-up."""
     dev = device()
     torch.manual_seed(trial.seed)
@@ -67,7 +71,8 @@ def bare_loop(trial, steps: int, compiled: bool, fused: bool, sync: bool, profil
             for group in member.param_groups:
                 if isinstance(member, (torch.optim.AdamW, torch.optim.Adam)):
                     group["fused"], group["foreach"] = dev.type == "cuda", False
-    loss_fn = torch.compile(model.loss) if compiled else model.loss
+    graphs = mode == "reduce-overhead" and dev.type == "cuda"
+    loss_fn = torch.compile(model.loss, mode=mode if graphs else None) if mode else model.loss
     B, T = trial.train.batch_size, trial.data.seq_len
     tokens = torch.randint(0, trial.model.vocab_size, (8, B, T + 1), device=dev)
     params = list(model.parameters())
@@ -76,6 +81,8 @@ def bare_loop(trial, steps: int, compiled: bool, fused: bool, sync: bool, profil
     def step(i: int) -> None:
         x, y = tokens[i % 8, :, :-1], tokens[i % 8, :, 1:]
         set_learning_rates(opt, i, steps, trial.optim)
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast:
             out = loss_fn(x, y, memory=model.memory(x))
         out.loss.backward()
@@ -128,26 +135,33 @@ def main() -> None:
         trial = resolve(load_trial(args.config, overrides + ["train.tokens=1e6"]))
         per_token = count(trial.model, seq_len=trial.data.seq_len).train_flops_per_token
         results = {}
-        for name, (compiled, fused, sync) in LOOPS.items():
-            results[name] = bare_loop(trial, steps, compiled, fused, sync, profile=name == "loop compiled, fused AdamW")
-        with tempfile.TemporaryDirectory() as tmp:
-            tokens = 2e4 if smoke() else args.trainer_tokens
-            record = run_trial(load_trial(args.config, overrides + [
-                f"train.tokens={tokens:g}", "train.eval_every_tokens=0", "train.compile=true",
-                "train.accelerator=auto", "sweep=profile-step"]), results=Path(tmp) / "r", workdir=Path(tmp) / "w")
-            if record["status"] != "completed":
-                raise SystemExit(f"{shape}: the trainer's run ended {record['status']}: {record['reason']}")
-            results["trainer (compiled)"] = {"tokens_per_second": record["metrics"]["tokens_per_second_steady"]}
-        reference = results["trainer (compiled)"]["tokens_per_second"]
+        for name, (mode, fused, sync) in LOOPS.items():
+            try:
+                results[name] = bare_loop(trial, steps, mode, fused, sync, profile=name in PROFILED)
+            except Exception as err:  # one path that does not run must not hide the others' numbers
+                results[name] = {"error": f"{type(err).__name__}: {err}"[:300]}
+        for name, compile_ in TRAINERS.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                tokens = 2e4 if smoke() else args.trainer_tokens
+                record = run_trial(load_trial(args.config, overrides + [
+                    f"train.tokens={tokens:g}", "train.eval_every_tokens=0", f"train.compile={compile_}",
+                    "train.deterministic=true", "train.accelerator=auto", "sweep=profile-step"]),
+                    results=Path(tmp) / "r", workdir=Path(tmp) / "w")
+            ok = record["status"] == "completed"
+            results[name] = ({"tokens_per_second": record["metrics"]["tokens_per_second_steady"]} if ok
+                             else {"error": f"{record['status']}: {record['reason']}"})
+        reference = results["trainer compiled"].get("tokens_per_second")
         for name, r in results.items():
-            rows.append({"shape": shape, "P_act": count(trial.model).P_act, "path": name,
-                         "tokens_per_second": r["tokens_per_second"], "vs_trainer": r["tokens_per_second"] / reference,
-                         "mfu": mfu(r["tokens_per_second"], per_token, device_name()),
-                         "gpu_busy": r.get("gpu_busy"), "kernels_per_step": r.get("kernels_per_step")})
+            rate = r.get("tokens_per_second")
+            rows.append({"shape": shape, "P_act": count(trial.model).P_act, "path": name, "tokens_per_second": rate,
+                         "vs_trainer": rate / reference if rate and reference else None,
+                         "mfu": mfu(rate, per_token, device_name()) if rate else None,
+                         "gpu_busy": r.get("gpu_busy"), "kernels_per_step": r.get("kernels_per_step"),
+                         "error": r.get("error")})
             if "top_kernels" in r:
-                profiles[shape] = r["top_kernels"]
+                profiles[f"{shape}, {name}"] = r["top_kernels"]
     print(table(rows, ["shape", "P_act", "path", "tokens_per_second", "vs_trainer", "mfu", "gpu_busy",
-                       "kernels_per_step"]))
+                       "kernels_per_step", "error"]))
     for shape, top in profiles.items():
         print(f"\n{shape}: top kernels (us per step)")
         for key, us in top:

@@ -20,8 +20,8 @@ Run record fields:
     accounting    engram.budget.Counts.as_record() plus tokens and total_flops actually trained
     metrics       train_loss, val_loss, val_loss_by_category, val_curve [[tokens, loss], ...], tokens_per_second
                   (over all steps), tokens_per_second_steady (after the first 10 steps of this process), mfu (of
-                  the steady rate), unigram_entropy (of the validation tokens, nats) and anything else the trainer
-                  measured
+                  the steady rate), startup_s (the trial's start to its first step: data, model, trainer set-up),
+                  unigram_entropy (of the validation tokens, nats) and anything else the trainer measured
     checkpoint    the final model folder ``<workdir>/<sweep>/<run_id>/model`` (:func:`portable_path`), or None
     wall_time_s, device, versions {python, torch, lightning, ...}, git_commit, created (ISO time, UTC)
     resumed_from  (optional: absent from records written before it existed, so not in RUN_FIELDS) how the process
@@ -83,7 +83,8 @@ class RecordError(ValueError):
 
 # Fields added to the data config after token caches and run ids were first recorded, with the value every earlier
 # config had: at that value they are left out of both, so recorded runs keep their ids as the schema grows.
-LATER_DATA_DEFAULTS = {("synthetic", "needle_queries"): 1, ("synthetic", "category_weights", "lookup"): 0.0}
+LATER_DATA_DEFAULTS = {("synthetic", "needle_queries"): 1, ("synthetic", "category_weights", "lookup"): 0.0,
+                       ("heldout",): None}
 # How a trial is laid out on devices is not what it does: the run id hashes every trial as one process runs it, so a
 # trial resumes from its checkpoints, and is found done, on any layout.
 LAYOUT_FIELDS = ("devices", "num_nodes", "strategy", "shard_tables")

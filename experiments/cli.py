@@ -1,4 +1,4 @@
-"""``engram-lab train`` and ``engram-lab budget``."""
+"""``engram-lab train``, ``engram-lab budget`` and ``engram-lab corpus``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--rho", default="0.2,0.4,0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95,1.0",
                    help="comma-separated allocation ratios")
     b.set_defaults(func=budget_command)
+
+    c = sub.add_parser("corpus", help="build a real-English corpus (jsonl.gz) from Debian documentation packages")
+    c.add_argument("name", nargs="?", help="corpus name (see --list)")
+    c.add_argument("--out", help="folder for <name>.jsonl.gz and <name>.SOURCE.md (keep it out of the repository)")
+    c.add_argument("--cache", default=None, help="download cache (default: ~/.cache/engram-lab/corpora)")
+    c.add_argument("--list", action="store_true", help="list the corpora, their packages, licences and roles")
+    c.set_defaults(func=corpus_command)
+
+
+def corpus_command(args) -> int:
+    from experiments.corpora import CORPORA, CorpusError, build_corpus
+
+    if args.list:
+        for c in CORPORA.values():
+            print(f"{c.name:<16} {c.role:<10} {', '.join(c.packages):<36} {c.license.split(' (')[0]}")
+        return 0
+    if not args.name or not args.out:
+        print("engram-lab corpus: give NAME and --out DIR, or --list", file=sys.stderr)
+        return 2
+    try:
+        path = build_corpus(args.name, args.out, args.cache)
+    except CorpusError as err:
+        print(f"engram-lab corpus: {err}", file=sys.stderr)
+        return 2
+    print(f"{path}\n{path.with_name(f'{args.name}.SOURCE.md')}")
+    return 0
 
 
 def train_command(args) -> int:

@@ -61,7 +61,8 @@ class TrainConfig:
         val_tokens: size of the fixed validation set.
         checkpoint_every_steps: resumable checkpoint interval (the last one is kept).
         precision: ``auto`` (bf16-mixed on GPU, 32-true on CPU) or any Lightning precision string.
-        compile: ``torch.compile`` the model.
+        compile: ``torch.compile`` the model's loss (Engram's lookup stays eager); ``cudagraphs`` compiles it into
+            CUDA graphs too (``mode="reduce-overhead"``): a small model's step is otherwise bound by kernel launches.
         accelerator: ``auto``, ``cpu`` or ``gpu``.
         devices: devices per node, one process each (data parallel when ``devices * num_nodes > 1``).
         num_nodes: nodes (data parallel across nodes: SLURM tasks, or torchrun).
@@ -86,7 +87,7 @@ class TrainConfig:
     val_tokens: int = 32768
     checkpoint_every_steps: int = 200
     precision: str = "auto"
-    compile: bool = False
+    compile: bool | Literal["cudagraphs"] = False
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int = 1
     num_nodes: int = 1
@@ -98,6 +99,8 @@ class TrainConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
+        if self.compile not in (True, False, "cudagraphs"):
+            raise ConfigError("compile", f"true, false or cudagraphs, got {self.compile!r}")
         if (self.tokens is None) == (self.compute is None):
             raise ConfigError("tokens", "give exactly one of train.tokens and train.compute")
         if self.tokens is not None and self.tokens <= 0:

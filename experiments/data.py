@@ -53,6 +53,9 @@ class DataConfig:
         tokenizer_docs: training-split documents the BPE is trained on.
         seq_len: tokens per training sequence.
         max_train_tokens: cap on materialised training tokens for ``files`` / ``hub`` (0 = the whole split).
+        heldout: a file or folder of a second text source that is never trained on (``files`` and ``hub``): the final
+            model's loss on its first ``train.val_tokens`` tokens, with the run's tokenizer, is recorded as
+            ``metrics.heldout_loss``: how far what was learnt carries beyond the training corpus.
         seed: seed of the document split (``files`` / ``hub``).
         synthetic: the generated corpus's knobs (``source: synthetic``).
     """
@@ -70,12 +73,15 @@ class DataConfig:
     tokenizer_docs: int = 20000
     seq_len: int = 256
     max_train_tokens: int = 0
+    heldout: str | None = None
     seed: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
         if self.source == "files" and not self.path:
             raise ConfigError("path", "data.source=files needs data.path (a file or folder)")
+        if self.heldout is not None and self.source == "synthetic":
+            raise ConfigError("heldout", "a held-out text source is for real text (source files or hub)")
         if self.source == "hub" and not self.name:
             raise ConfigError("name", "data.source=hub needs data.name (a Hugging Face dataset)")
         if self.source not in ("synthetic", "files", "hub"):
@@ -150,12 +156,13 @@ def _documents(cfg: DataConfig, split: str):
             yield text, "text"
 
 
-def materialise(cfg: DataConfig, tok: Tokenizer, split: str, max_tokens: int) -> TokenSplit:
-    """Tokenise documents (joined by <eos>) until ``max_tokens + 1`` tokens, or the whole split when 0."""
+def materialise(cfg: DataConfig, tok: Tokenizer, split: str, max_tokens: int, documents=None) -> TokenSplit:
+    """Tokenise documents (joined by <eos>) until ``max_tokens + 1`` tokens, or the whole split when 0; the
+    split's documents unless ``documents`` ((text, category) pairs) are given."""
     names = list(CATEGORIES) if cfg.source == "synthetic" else ["text"]
     index = {n: i for i, n in enumerate(names)}
     parts, cats, ends, total, docs = [], [], [], 0, 0
-    stream = _documents(cfg, split)
+    stream = _documents(cfg, split) if documents is None else iter(documents)
     complete = False
     while max_tokens == 0 or total <= max_tokens:
         batch = [d for _, d in zip(range(DOCS_PER_BATCH), stream)]
@@ -173,6 +180,12 @@ def materialise(cfg: DataConfig, tok: Tokenizer, split: str, max_tokens: int) ->
         raise ValueError(f"the {split} split of the data is empty (source={cfg.source})")
     return TokenSplit(np.concatenate(parts), np.concatenate(cats), names, docs, np.asarray(ends, dtype=np.int64),
                       complete)
+
+
+def load_heldout(cfg: DataConfig, tok: Tokenizer, max_tokens: int) -> TokenSplit:
+    """The first ``max_tokens + 1`` tokens of ``cfg.heldout``'s documents, every one of them (none is trained on)."""
+    docs = ((text, "text") for text in iter_file_documents(cfg.heldout, cfg.text_field, cfg.txt_split))
+    return materialise(cfg, tok, "heldout", max_tokens, docs)
 
 
 def _tokenizer(cfg: DataConfig) -> Tokenizer:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import os
 import pickle
 import time
@@ -24,6 +25,8 @@ from experiments.data import PADDING, Corpus, TrainBatches, ValidationSet
 from experiments.optim import build_optimizers, set_learning_rates
 
 log = logging.getLogger(__name__)
+
+STEADY_FROM = 10  # the steady training rate leaves out this process's first steps (compilation, warm-up)
 
 
 class Diverged(RuntimeError):
@@ -56,9 +59,13 @@ class LanguageModelTask(L.LightningModule):
         self.tokens_per_step = trial.train.batch_size * trial.data.seq_len  # over all ranks
         self.val_curve: list[list[float]] = []  # [tokens, val_loss]
         self.val_by_category: dict[str, float] = {}
-        self.recent_losses: list[float] = []
+        self._recent_losses: list[torch.Tensor | float] = []  # the last 20 steps' losses, read when needed
+        self._first_non_finite = None  # (step, loss) of the first non-finite loss, on the device until checked
         self.train_seconds = 0.0
-        self.step_seconds: list[float] = []  # this process's steps only (not checkpointed): the steady-state rate
+        # seconds since this process's first step, at the steps where the device was waited for: the steady rate
+        self.synced_at: dict[int, float] = {}
+        self._started: float | None = None
+        self.first_step_time: float | None = None  # time.time() at this process's first step
         self._step_start: float | None = None
 
     def configure_model(self) -> None:
@@ -72,7 +79,10 @@ class LanguageModelTask(L.LightningModule):
         self._shards = [t.weight for t in self.model.memory_tables()] if self.model.table_shards is not None else []
         self._replicated = [p for p in self.model.parameters() if all(p is not s for s in self._shards)]
         # Engram's lookup runs eagerly ahead of the backbone (EngramLM.memory), so the loss compiles as one graph
-        self._loss = torch.compile(self.model.loss) if self.trial.train.compile else self.model.loss
+        compile_ = self.trial.train.compile
+        self._graphs = compile_ == "cudagraphs" and self.device.type == "cuda"
+        self._loss = (torch.compile(self.model.loss, mode="reduce-overhead" if self._graphs else None) if compile_
+                      else self.model.loss)
 
     def configure_optimizers(self):
         optimizers = build_optimizers(self.model, self.trial.optim)
@@ -84,24 +94,32 @@ class LanguageModelTask(L.LightningModule):
         return self.global_step * self.tokens_per_step
 
     # -- training -------------------------------------------------------------------------------------------------
+    # No step waits for the device: a host sync per step leaves a small model's GPU idle while Python prepares the
+    # next one. The loss is checked for divergence every ``log_every_steps`` steps and before every validation and
+    # checkpoint (the first non-finite step is tracked on the device, so the record names it exactly); the step
+    # times are wall-clock between those waits.
+
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self._step_start = time.perf_counter()
+        if self._started is None:
+            self._started, self.first_step_time = self._step_start, time.time()
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         opt = self.optimizers()
         step = self.global_step
         lr_factor = set_learning_rates(opt.optimizer, step, self.total_steps, self.trial.optim)
+        if self._graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are no longer read
         out = self._loss(x, y, memory=self.model.memory(x))
-        losses = torch.stack([out.loss.detach(), out.lm_loss.detach()])
+        losses = torch.stack([out.loss.detach(), out.lm_loss.detach()])  # a copy: graph outputs are overwritten
         if self.trainer.world_size > 1:
             # the global batch's losses (the mean over ranks, each a mean over as many tokens): every rank logs the
             # run's loss and sees a non-finite one at the same step, so all stop together, none left waiting
             torch.distributed.all_reduce(losses)
             losses /= self.trainer.world_size
         loss, loss_value = losses
-        if not torch.isfinite(loss):
-            raise Diverged(step, float(loss))
+        self._track_non_finite(step, loss)
         self.manual_backward(out.loss)
         if self.trial.optim.grad_clip > 0:  # clips row-sparse table gradients too, which torch's clipping cannot
             sharded = self.model.table_shards
@@ -110,23 +128,54 @@ class LanguageModelTask(L.LightningModule):
         self.model.update_router_biases()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        self.recent_losses = (self.recent_losses + [float(loss_value)])[-20:]
+        self._recent_losses = (self._recent_losses + [loss_value])[-20:]
         if step % self.trial.train.log_every_steps == 0 or step == self.total_steps - 1:
+            self.check_finite()
             tok_s = self.tokens_per_step * (step + 1) / max(self.train_seconds, 1e-9)
             self.log_dict({"train_loss": loss_value, "lr_factor": lr_factor, "tokens": float(self.tokens_seen()),
                            "tok_s": tok_s}, prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
         return out.loss
 
+    def _track_non_finite(self, step: int, loss: torch.Tensor) -> None:
+        if self._first_non_finite is None:
+            self._first_non_finite = torch.full((2,), float("nan"), device=loss.device)
+        this = torch.stack([loss.new_full((), float(step), dtype=torch.float32), loss.float()])  # no host copy
+        first = torch.isnan(self._first_non_finite[0]) & ~torch.isfinite(loss)
+        self._first_non_finite = torch.where(first, this, self._first_non_finite)
+
+    def check_finite(self) -> None:
+        """Raise :class:`Diverged` at the first step whose loss was not finite (this waits for the device)."""
+        if self._first_non_finite is not None:
+            step, loss = self._first_non_finite.tolist()
+            if not math.isnan(step):
+                raise Diverged(int(step), loss)
+
+    @property
+    def recent_losses(self) -> list[float]:
+        return [float(v) for v in self._recent_losses]
+
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self._step_start is not None:
-            if torch.cuda.is_available() and self.device.type == "cuda":
+        if self._step_start is None:
+            return
+        step = self.global_step  # steps done
+        if step % self.trial.train.log_every_steps == 0 or step in (STEADY_FROM, self.total_steps):
+            if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            seconds = time.perf_counter() - self._step_start
-            self.train_seconds += seconds
-            self.step_seconds.append(seconds)
+            self.synced_at[step] = time.perf_counter() - self._started
+        self.train_seconds += time.perf_counter() - self._step_start
+
+    def steady_tokens_per_second(self) -> float | None:
+        """Tokens per second between this process's first and last waits for the device at or past step
+        ``STEADY_FROM`` (compilation and warm-up left out); None when it ran too few steps."""
+        steps = sorted(s for s in self.synced_at if s >= STEADY_FROM)
+        if len(steps) < 2:
+            return None
+        first, last = steps[0], steps[-1]
+        return self.tokens_per_step * (last - first) / max(self.synced_at[last] - self.synced_at[first], 1e-9)
 
     # -- validation -----------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
+        self.check_finite()
         n = len(self.categories)
         self._sum = torch.zeros(n, dtype=torch.float64, device=self.device)
         self._count = torch.zeros(n, dtype=torch.float64, device=self.device)
@@ -154,6 +203,7 @@ class LanguageModelTask(L.LightningModule):
         # every rank builds the checkpoint and rank 0 writes it: the whole tables come together on rank 0
         for name, tables in sharded_tables(self):
             checkpoint["state_dict"][name] = gather_rows(tables.weight, tables.total_rows, self.model.table_shards.sg)
+        self.check_finite()  # a checkpoint past the divergence would be resumed into it
         checkpoint["engram_lab"] = {"val_curve": self.val_curve, "train_seconds": self.train_seconds,
                                     "recent_losses": self.recent_losses, "rng": torch.get_rng_state()}
 
@@ -163,7 +213,7 @@ class LanguageModelTask(L.LightningModule):
         state = checkpoint.get("engram_lab", {})
         self.val_curve = [list(p) for p in state.get("val_curve", [])]
         self.train_seconds = float(state.get("train_seconds", 0.0))
-        self.recent_losses = list(state.get("recent_losses", []))
+        self._recent_losses = list(state.get("recent_losses", []))
         if "rng" in state:
             torch.set_rng_state(state["rng"])
 

@@ -30,7 +30,6 @@ from engram_lab.files import exclusive_lock, write_atomic
 from engram_lab.records import portable_path, read_json, run_path
 
 REPO = Path(__file__).resolve().parents[1]
-WARMUP_STEPS_EXCLUDED = 10  # steps left out of tokens_per_second_steady
 
 
 def git_commit() -> str | None:
@@ -234,6 +233,27 @@ def run_trial(trial: TrialConfig, results: str | Path = "results", workdir: str 
         return record
 
 
+def heldout_loss(trainer, task, tokenizer, trial: TrialConfig) -> float:
+    """Mean next-token loss (nats) of the trained model on the first ``train.val_tokens`` tokens of
+    ``data.heldout``, read with the run's tokenizer. Every rank runs the same batches (sharded tables serve their
+    rows to each other inside the forward pass)."""
+    import torch.nn.functional as F
+
+    from experiments.data import ValidationSet, load_heldout
+
+    split = load_heldout(trial.data, tokenizer, trial.train.val_tokens)
+    batches = torch.utils.data.DataLoader(ValidationSet(split, trial.data.seq_len, trial.train.val_tokens),
+                                          batch_size=trial.train.batch_size)
+    total, count = torch.zeros((), dtype=torch.float64, device=task.device), 0
+    task.model.eval()
+    with torch.no_grad(), trainer.precision_plugin.forward_context():
+        for x, y, _ in batches:
+            logits = task.model(x.to(task.device))
+            total += F.cross_entropy(logits.float().flatten(0, 1), y.to(task.device).flatten(), reduction="sum")
+            count += y.numel()
+    return float(total) / count
+
+
 def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, callbacks: list, env) -> dict:
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
@@ -320,6 +340,7 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
             trainer.fit(task, datamodule=data, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
             if not task.val_curve or task.val_curve[-1][0] != task.tokens_seen():
                 trainer.validate(task, datamodule=data, verbose=False)
+        heldout = heldout_loss(trainer, task, corpus.tokenizer, resolved) if resolved.data.heldout else None
     except Diverged as err:
         return finish("diverged", {"diverged_loss": err.loss}, reason=str(err), diverged_step=err.step)
     except Exception as err:  # any other failure is recorded, then surfaces to the caller
@@ -329,17 +350,19 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
     if leader:
         save_model(model_dir, task.model, resolved, corpus.tokenizer, state)
     tok_s = task.tokens_per_step * steps / max(task.train_seconds, 1e-9)
-    steady = task.step_seconds[WARMUP_STEPS_EXCLUDED:]
-    steady_tok_s = task.tokens_per_step * len(steady) / sum(steady) if steady else tok_s
+    steady_tok_s = task.steady_tokens_per_second() or tok_s
     metrics = {
         "val_loss": task.val_curve[-1][1],
         "val_loss_by_category": task.val_by_category,
         "val_curve": task.val_curve,
         "train_loss": sum(task.recent_losses) / max(1, len(task.recent_losses)),
         "unigram_entropy": corpus.validation.unigram_entropy(),
+        **({"heldout_loss": heldout} if heldout is not None else {}),
         "tokens_per_second": tok_s,
         # without the first steps (compilation, allocator and cuDNN warm-up): what a longer run would sustain
         "tokens_per_second_steady": steady_tok_s,
+        # from the trial's start to its first step: data (tokenizer, token cache), model and trainer set-up
+        "startup_s": task.first_step_time - started if task.first_step_time else None,
         "mfu": mfu(steady_tok_s / t.world, counts.train_flops_per_token, device_name()),  # of each device's peak
         "data": corpus.info,
     }

@@ -41,9 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def sweep_command(args) -> int:
     from sweeps.launch import run_sweep
 
-    outcome = run_sweep(args.spec, args.results, args.workdir, executor=args.executor,
-                        retry_failed=args.retry_failed, dry_run=args.dry_run, wait=not args.no_wait,
-                        analyse=not args.no_analysis, timeout_s=args.timeout)
+    try:
+        outcome = run_sweep(args.spec, args.results, args.workdir, executor=args.executor,
+                            retry_failed=args.retry_failed, dry_run=args.dry_run, wait=not args.no_wait,
+                            analyse=not args.no_analysis, timeout_s=args.timeout)
+    except TimeoutError as err:  # the trials it started go on; the same command again waits for them or resumes them
+        print(f"engram-lab sweep: {err}", file=sys.stderr)
+        return 1
     if args.dry_run or args.no_wait:
         return 0
     return 0 if outcome.count("completed") == len(outcome.planned) else 1

@@ -80,11 +80,21 @@ def now() -> str:
 class TrialJob(submitit.helpers.Checkpointable):
     """One trial on a worker: train it (resuming from its last checkpoint) and mirror the outcome in the study."""
 
-    def __init__(self, trial: dict, params: dict, choices: dict, results: str, workdir: str, storage: str):
+    def __init__(self, trial: dict, params: dict, choices: dict, results: str, workdir: str, storage: str,
+                 threads: int | None = None):
         self.trial, self.params, self.choices = trial, params, choices
         self.results, self.workdir, self.storage = results, workdir, storage
+        self.threads = threads
 
     def __call__(self) -> dict:
+        if self.threads:
+            # local trials share one machine's cores: each would otherwise start a thread per core for its CPU ops
+            # and a compile worker per core, and together they would oversubscribe the machine many times over
+            import torch
+            import torch._inductor.config as inductor
+
+            torch.set_num_threads(self.threads)
+            inductor.compile_threads = self.threads
         trial = build(TrialConfig, self.trial)
         try:
             record = run_trial(trial, self.results, self.workdir, on_record=self._mirror)
@@ -224,7 +234,12 @@ def _local_alive(job_id: str) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # a job that died is a zombie until the process that started it (this driver, often) reaps it: not alive
+    try:
+        stat = Path(f"/proc/{int(job_id)}/stat").read_text()
+    except OSError:
+        return True  # no /proc to ask (not Linux): the signal test is all there is
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def lock_held(paths: SweepPaths, run_id: str) -> bool:
@@ -320,8 +335,14 @@ def make_executor(spec: SweepSpec, paths: SweepPaths, cluster: str) -> submitit.
     s = spec.launch.slurm
     params = {"timeout_min": s.time_min, "nodes": s.nodes, "tasks_per_node": s.tasks_per_node,
               "cpus_per_task": s.cpus_per_task, "name": f"engram-{spec.name}"}
-    if s.gpus_per_node:
-        params["gpus_per_node"] = s.gpus_per_node
+    gpus = s.gpus_per_node
+    if cluster == "local" and not gpus:
+        import torch
+
+        # submitit hides every GPU from a local job that asks for none: the trials would train on the CPU
+        gpus = 1 if torch.cuda.is_available() else 0
+    if gpus:
+        params["gpus_per_node"] = gpus
     if s.mem_gb:
         params["mem_gb"] = s.mem_gb
     if cluster == "slurm":
@@ -338,12 +359,15 @@ def make_executor(spec: SweepSpec, paths: SweepPaths, cluster: str) -> submitit.
     return executor
 
 
-def _jobs(spec: SweepSpec, todo: list[PlannedTrial], paths: SweepPaths, storage: str) -> list[TrialJob]:
+def _jobs(spec: SweepSpec, todo: list[PlannedTrial], paths: SweepPaths, storage: str,
+          executor_kind: str = "debug") -> list[TrialJob]:
     from sweeps.study import grid_choices, param_value
 
     choices = grid_choices(spec)  # the study's search space: one for every trial of the sweep
+    # SLURM confines each job to its own cores; local jobs split the machine's between the trials run at once
+    threads = max(1, (os.cpu_count() or 1) // spec.launch.max_parallel) if executor_kind == "local" else None
     return [TrialJob(p.trial.to_dict(), {k: param_value(v) for k, v in p.axes.items()}, choices, str(paths.results),
-                     str(paths.workdir), storage) for p in todo]
+                     str(paths.workdir), storage, threads) for p in todo]
 
 
 def submit(spec: SweepSpec, paths: SweepPaths, todo: list[PlannedTrial], storage: str, executor_kind: str,
@@ -357,7 +381,7 @@ def submit(spec: SweepSpec, paths: SweepPaths, todo: list[PlannedTrial], storage
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         with executor.batch():
-            handles = [executor.submit(job) for job in _jobs(spec, part, paths, storage)]
+            handles = [executor.submit(job) for job in _jobs(spec, part, paths, storage, executor_kind)]
         jobs.extend(zip(part, handles))
     append_ledger(paths, [{"run_id": p.run_id, "job_id": str(j.job_id), "executor": executor_kind,
                            "submitted": now()} for p, j in jobs])
@@ -403,6 +427,23 @@ def sync(spec: SweepSpec, paths: SweepPaths, planned: list[PlannedTrial], storag
     return states, todo
 
 
+def first_seeds_first(spec: SweepSpec, todo: list[PlannedTrial]) -> list[PlannedTrial]:
+    """Within each value of the outermost axis (a budget, say), every point's first seed, then every point's
+    second, and so on; the plan's order otherwise.
+
+    A compiled trial's kernels are cached by shape, and the seeds of a point share its shape: started together, each
+    would compile it again; started after the first, they find it compiled. The outermost axis still comes first, so
+    that its levels finish one after the other."""
+    axis = spec.seed_axis
+    if axis is None:
+        return list(todo)
+    seed_rank = {seed: i for i, seed in enumerate(axis.values)}
+    outer = spec.axes[0]
+    outer_rank = {key: i for i, key in enumerate(outer.keys())} if outer is not axis else {}
+    return sorted(todo, key=lambda p: (outer_rank.get(p.axes.get(outer.name), 0),
+                                       seed_rank.get(p.trial.seed, len(seed_rank))))
+
+
 def run_sweep(spec_path: str | Path, results: str | Path = "results", workdir: str | Path = "runs",
               executor: str | None = None, retry_failed: bool = False, dry_run: bool = False, wait: bool = True,
               analyse: bool = True, poll_s: float = 5.0, timeout_s: float | None = None, echo=print) -> SweepOutcome:
@@ -425,6 +466,7 @@ def run_sweep(spec_path: str | Path, results: str | Path = "results", workdir: s
     paths = SweepPaths(Path(results), Path(workdir), spec.name)
     storage = spec.launch.storage or default_storage_url(workdir, spec.name)
     prepare(spec, paths, planned)
+    started = time.time()
     warn = _once(echo)  # the ledger is read at every poll; a line that cannot be read is said once
     submitted: list = []
     with driver_lock(paths):
@@ -434,7 +476,7 @@ def run_sweep(spec_path: str | Path, results: str | Path = "results", workdir: s
         if kind == "debug":
             pass  # trained below, in this process
         elif kind == "local":
-            queue = list(todo)
+            queue = first_seeds_first(spec, todo)
             running = sum(1 for s in states.values() if s["state"] == "running")
             start = queue[:max(0, spec.launch.max_parallel - running)]
             submit(spec, paths, start, storage, "local", submitted)
@@ -455,12 +497,17 @@ def run_sweep(spec_path: str | Path, results: str | Path = "results", workdir: s
         todo = []
     if not wait:
         return SweepOutcome(planned, trial_states([p.run_id for p in planned], paths, warn))
-    states = _wait(spec, paths, planned, storage, todo, submitted, poll_s, timeout_s, progress, warn)
+    try:
+        states = _wait(spec, paths, planned, storage, todo, submitted, poll_s, timeout_s, progress, warn)
+    except TimeoutError:
+        echo(throughput(progress.states.values(), started, time.time()))
+        raise
     submitted.clear()  # submitit's job handles look at their files when deleted: now, not at interpreter shutdown
     outcome = SweepOutcome(planned, states)
     unreadable = outcome.count(UNREADABLE)
     echo(f"sweep {spec.name}: " + ", ".join(f"{outcome.count(s)} {s}" for s in FINAL)
          + (f", {unreadable} {UNREADABLE}" if unreadable else ""))
+    echo(throughput(states.values(), started, time.time()))
     if analyse and outcome.count("completed"):
         _analyse(paths, spec, echo)
     return outcome
@@ -484,6 +531,27 @@ def _wait(spec, paths, planned, storage, queue, submitted, poll_s, timeout_s, pr
         if deadline and time.time() > deadline:
             raise TimeoutError(f"sweep {spec.name}: {len(pending)} trials still running after {timeout_s} s")
         time.sleep(poll_s)
+
+
+def throughput(states, started: float, ended: float) -> str:
+    """The training FLOPs of the trials completed between ``started`` and ``ended`` (this driver's run) over that
+    wall time, as a share of one device's dense bf16 peak: how well the sweep as a whole used the GPU, start-up,
+    validation and idle time included."""
+    from engram.device import peak_flops
+
+    done = [s["record"] for s in states if s["state"] == "completed"
+            and datetime.datetime.fromisoformat(s["record"]["created"]).timestamp() >= int(started)]  # to the second
+    if not done:
+        return "throughput: no trial completed in this run"
+    flops = sum(r["accounting"]["total_flops"] for r in done)
+    wall = max(ended - started, 1e-9)
+    line = f"throughput: {len(done)} trials, {flops:.3g} training FLOPs in {wall:.0f} s = {flops / wall:.3g} FLOP/s"
+    devices = {r["device"] for r in done}
+    try:
+        peak = peak_flops(devices.pop()) if len(devices) == 1 else None
+    except KeyError:
+        peak = None
+    return line + (f", {flops / wall / peak:.1%} of one {done[0]['device']}'s bf16 peak" if peak else "")
 
 
 class Progress:

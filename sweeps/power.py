@@ -1,12 +1,14 @@
 """How many seeds per grid point locate rho* to a target, before the sweep runs (``engram-lab plan SPEC --power``).
 
-The planned rho values of each budget are trained again in simulation: a mean curve (the quadratic through a pilot
-sweep's per-rho mean losses, or the paper's U where no pilot has one) plus Gaussian seed noise (the pilot's pooled
-seed sd, or ``--noise``). Each simulated sweep is fitted as the U-curve fit does it, a quadratic by least squares
-(with equal seeds at every rho, WLS on the per-rho means gives the same estimate), and rho* = -b / 2c. The half-width
-for n seeds is the 95th percentile of |fitted rho* - true rho*| over the simulated sweeps: the +- that a sweep with n
-seeds at each point reaches 95 times in 100. A simulated fit with no minimum (c <= 0) misses by an infinite amount.
-The random draws are seeded: the same inputs give the same answer.
+The planned rho values of each budget are trained again in simulation: a true curve (the law that AICc chose for a
+pilot sweep's runs at that budget, or the paper's U where no pilot has one) plus Gaussian seed noise (the pilot's
+pooled seed sd, or ``--noise``). Each simulated sweep is analysed as the U-curve fit analyses a real one: the three
+laws fitted to its runs, one chosen by AICc, rho* its minimiser on the sampled range
+(:func:`analysis.stats.choose_laws`; equal weights, the simulated noise being the same at every rho). The half-width
+for n seeds is the 95th percentile of |estimated rho* - true rho*| over the simulated sweeps: the +- that a sweep
+with n seeds at each point reaches 95 times in 100. A simulated sweep whose chosen law has its minimum at a range end
+(no interior optimum) misses by an infinite amount. The random draws are seeded: the same inputs give the same
+answer.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis import stats
 from engram.budget import count
 from sweeps.spec import PlannedTrial, SweepSpec
 
 SEED_COUNTS = (1, 2, 4, 8, 16)
 TARGET = 0.05
 LEVEL = 0.95
-DRAWS = 4000
+DRAWS = 2000
 # PAPER.md section 1: 1.7248 at rho = 1 and 1.7109 near the optimum at rho ~ 0.75-0.80 (the 10B budget)
 PAPER_RHO_STAR = 0.78
 PAPER_DEPTH = 0.0139
@@ -31,32 +34,38 @@ PAPER_DEPTH = 0.0139
 
 @dataclass
 class Curve:
-    """Mean validation loss L(rho) = a + b rho + c rho^2, and where it came from."""
+    """A true mean validation loss L(rho): a law of :data:`analysis.stats.U_MODELS` with its parameters."""
 
+    model: str
     params: np.ndarray
     source: str
 
-    @property
-    def rho_star(self) -> float | None:
-        _, b, c = self.params
-        return float(-b / (2 * c)) if c > 0 else None
+    def at(self, rho) -> np.ndarray:
+        return stats.u_predict(self.model, self.params, rho)
+
+    def minimum(self, lo: float, hi: float) -> float | None:
+        """The curve's minimiser on [lo, hi] when it lies strictly inside, else None (no optimum to locate)."""
+        x, interior, _ = stats.argmin_in_range(self.model, np.asarray(self.params, float)[None, :], lo, hi)
+        return float(x[0]) if interior[0] else None
 
 
 def paper_curve() -> Curve:
     c = PAPER_DEPTH / (1 - PAPER_RHO_STAR) ** 2
-    return Curve(np.array([c * PAPER_RHO_STAR ** 2, -2 * c * PAPER_RHO_STAR, c]),
+    return Curve("quadratic", np.array([c * PAPER_RHO_STAR ** 2, -2 * c * PAPER_RHO_STAR, c]),
                  f"the paper's U (rho* {PAPER_RHO_STAR}, L(1) - L(rho*) = {PAPER_DEPTH})")
 
 
 def half_width(rhos, curve: Curve, noise: float, seeds: int, draws: int = DRAWS, level: float = LEVEL) -> float:
     """The +- on rho* that a sweep of ``seeds`` runs at each of ``rhos`` reaches with probability ``level``."""
     x = np.repeat(np.asarray(rhos, float), seeds)
-    fit = np.linalg.pinv(np.vander(x, 3, increasing=True))  # least squares is linear in y: beta = fit @ y
+    lo, hi = float(x.min()), float(x.max())
+    names = stats.participating_laws(len(set(rhos)), len(x))
+    if not names:
+        return math.inf
     rng = np.random.default_rng(seeds)
-    beta = curve.params + (rng.standard_normal((draws, len(x))) * noise) @ fit.T
-    b, c = beta[:, 1], beta[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        miss = np.where(c > 0, np.abs(-b / (2 * c) - curve.rho_star), np.inf)
+    Y = curve.at(x)[None, :] + rng.standard_normal((draws, len(x))) * noise
+    est = stats.choose_laws(x, Y, np.ones(len(x)), lo, hi, names)
+    miss = np.where(est["interior"], np.abs(est["rho_star"] - curve.minimum(lo, hi)), np.inf)
     return float(np.quantile(miss, level, method="inverted_cdf"))
 
 
@@ -69,8 +78,8 @@ class Power:
 
 def power(rhos, curve: Curve, noise: float, target: float = TARGET, seed_counts=SEED_COUNTS) -> Power:
     """Half-widths at ``seed_counts`` and the fewest seeds per point that reach ``target``."""
-    if curve.rho_star is None:
-        raise ValueError(f"{curve.source} has no minimum (its curvature is not positive): no rho* to locate")
+    if curve.minimum(min(rhos), max(rhos)) is None:
+        raise ValueError(f"{curve.source} has no minimum inside the planned rho values: no rho* to locate")
     widths = {n: half_width(rhos, curve, noise, n) for n in seed_counts}
     reached = [n for n in seed_counts if widths[n] <= target]
     if reached:
@@ -121,10 +130,10 @@ class Pilot:
 
 
 def read_pilot(results: str | Path, sweep: str) -> Pilot:
-    """A finished sweep's seed noise and its allocation curves (quadratics through the per-rho mean losses)."""
+    """A finished sweep's seed noise and, per budget, the law AICc chose for its runs."""
     import pandas as pd
 
-    from analysis import data, tables
+    from analysis import data, fits, tables
 
     df = data.load(results, sweep)
     floor = tables.noise_floor(df)
@@ -134,11 +143,11 @@ def read_pilot(results: str | Path, sweep: str) -> Pilot:
         runs = runs[runs["accounting.rho"].notna()]
         budgets = runs["axes.budget"].astype(str) if "axes.budget" in runs else pd.Series("all", index=runs.index)
         for budget in sorted(set(budgets)):
-            group = runs[budgets == budget]
-            means = group.groupby(group["accounting.rho"].round(4))["metrics.val_loss"].mean()
-            if len(means) >= 3:
-                params = np.polynomial.polynomial.polyfit(means.index.to_numpy(float), means.to_numpy(float), 2)
-                curves[budget] = Curve(params, f"{sweep} budget {budget}: quadratic through its per-rho mean losses")
+            selection = fits.fit_u_curve_group(runs[budgets == budget], n_boot=100).get("selection")
+            if selection:
+                chosen = selection["chosen"]
+                curves[budget] = Curve(chosen, np.asarray(selection["candidates"][chosen]["params"]),
+                                       f"the {chosen} law AICc chose for {sweep} budget {budget}")
     return Pilot(sweep, tables.pooled_sd(floor), int((floor["seeds"] - 1).sum()), curves)
 
 
@@ -173,9 +182,9 @@ def power_report(spec: SweepSpec, planned: list[PlannedTrial], results: str | Pa
         curve = curves.get(grid.budget) or next(iter(curves.values()), None) or paper_curve()
         lines.append(f"{label}: {len(grid.rhos)} rho values {grid.rhos[0]:.2f}-{grid.rhos[-1]:.2f}; "
                      f"curve: {curve.source}")
-        if curve.rho_star is None or not grid.rhos[0] <= curve.rho_star <= grid.rhos[-1]:
-            where = "has no minimum" if curve.rho_star is None else f"has its minimum at rho {curve.rho_star:.3f}"
-            lines.append(f"  the curve {where}, outside the planned rho values: there is no optimum in them to "
+        true = curve.minimum(grid.rhos[0], grid.rhos[-1])
+        if true is None:
+            lines.append("  the curve has no minimum inside the planned rho values: there is no optimum in them to "
                          "locate, with any number of seeds")
             continue
         result = power(grid.rhos, curve, noise, target)
@@ -184,10 +193,10 @@ def power_report(spec: SweepSpec, planned: list[PlannedTrial], results: str | Pa
                                              for w in result.half_widths.values()))
         if result.needed is not None:
             lines.append(f"  needed: {result.needed} seed{'s' if result.needed > 1 else ''} per point "
-                         f"(true rho* {curve.rho_star:.3f})")
+                         f"(true rho* {true:.3f})")
         elif result.extrapolated is not None:
             lines.append(f"  needed: about {result.extrapolated} seeds per point (extrapolated from "
-                         f"{SEED_COUNTS[-1]} as 1/sqrt(seeds); true rho* {curve.rho_star:.3f})")
+                         f"{SEED_COUNTS[-1]} as 1/sqrt(seeds); true rho* {true:.3f})")
         else:
             lines.append(f"  needed: more than {SEED_COUNTS[-1]} seeds per point")
         if not all(math.isfinite(w) for w in result.half_widths.values()):

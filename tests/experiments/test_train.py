@@ -4,6 +4,7 @@ two processes (the same loss curve as one process, resumable on another number o
 import csv
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -387,3 +388,43 @@ def test_engram_lab_train_refuses_an_unwritable_results_folder_naming_it(tmp_pat
                  str(tmp_path / "runs")]) == 2
     assert f"cannot write run records to {tmp_path / 'results' / '_runs' / 'runs'}" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_the_first_non_finite_step_is_named_without_reading_the_loss_every_step():
+    from types import SimpleNamespace
+
+    from experiments.module import Diverged, LanguageModelTask
+
+    task = SimpleNamespace(_first_non_finite=None)
+    for step, loss in enumerate([2.5, 2.4, float("nan"), float("inf"), 2.3]):
+        LanguageModelTask._track_non_finite(task, step, torch.tensor(loss))
+    with pytest.raises(Diverged) as err:
+        LanguageModelTask.check_finite(task)
+    assert err.value.step == 2 and math.isnan(err.value.loss)
+
+
+def test_a_heldout_source_is_scored_with_the_runs_tokenizer_and_never_trained_on(tmp_path):
+    import gzip
+    import random
+
+    rng = random.Random(0)
+    words = "the cat sat on a mat and the dog ran to the park while birds sang in tall green trees".split()
+
+    def write(path: Path, make) -> str:
+        with gzip.open(path, "wt") as f:
+            for _ in range(300):
+                f.write(json.dumps({"text": make()}) + "\n")
+        return str(path)
+
+    train = write(tmp_path / "train.jsonl.gz", lambda: " ".join(rng.choice(words) for _ in range(40)) + ".")
+    # the same letters in words the model never saw
+    letters = "".join(sorted(set("".join(words))))
+    heldout = write(tmp_path / "other.jsonl.gz",
+                    lambda: " ".join("".join(rng.choice(letters) for _ in range(5)) for _ in range(40)) + ".")
+    data = {"source": "files", "path": train, "heldout": heldout, "vocab_size": 300, "tokenizer_docs": 300}
+    record = run_trial(trial_from_dict(tiny(data=data)), results=tmp_path / "results", workdir=tmp_path / "runs")
+    m = record["metrics"]
+    assert record["status"] == "completed" and math.isfinite(m["heldout_loss"])
+    assert m["heldout_loss"] > m["val_loss"] + 1.0  # far worse on text unlike the training text
+    assert "heldout_loss" not in run_trial(trial_from_dict(tiny(data={**data, "heldout": None})),
+                                           results=tmp_path / "results", workdir=tmp_path / "runs")["metrics"]

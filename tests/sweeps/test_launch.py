@@ -231,3 +231,20 @@ def test_the_slurm_mark_selects_every_test_that_needs_the_cluster_and_each_skips
                        "test_array_tasks_cancelled_while_pending_are_recorded_failed_and_retried"}, run.stdout
     why = re.findall(r"SKIPPED \[(\d+)\] .*: no SLURM here \(sinfo is not on the PATH\): start one with", run.stdout)
     assert sum(map(int, why)) == 3, run.stdout  # -ra's summary: each skip says why
+
+
+def test_a_local_job_that_died_unreaped_is_not_taken_for_alive():
+    from sweeps.launch import _local_alive
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])  # never waited for: a zombie once it exits
+    try:
+        deadline = time.time() + 30
+        while Path(f"/proc/{dead.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.time() < deadline
+            time.sleep(0.05)
+        assert _local_alive(str(sleeper.pid)) and not _local_alive(str(dead.pid))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        dead.wait()

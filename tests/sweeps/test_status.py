@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from engram.device import peak_flops
 from engram_lab.cli import main
 from engram_lab.records import read_run_record
-from sweeps.launch import SweepPaths, append_ledger, read_ledger, run_sweep
+from sweeps.launch import SweepPaths, append_ledger, read_ledger, run_sweep, throughput
 from sweeps.spec import expand, load_spec
 from sweeps.status import sweep_status
 
@@ -63,6 +64,28 @@ def test_a_blocking_sweep_prints_each_trial_when_it_finishes(finished):
         finish_times[p.run_id] = (when, paths.record(p.run_id).stat().st_mtime)
     (first_said, _), (_, second_written) = sorted(finish_times.values(), key=lambda t: t[1])
     assert first_said < second_written  # said while the other trial still trained, not at the end
+
+
+def test_the_sweep_ends_with_the_training_flops_it_completed_over_its_wall_time(finished):
+    root, spec_path, echoed = finished
+    paths = SweepPaths(root / "results", root / "runs", NAME)
+    flops = sum(read_run_record(paths.record(p.run_id))["accounting"]["total_flops"] for p in planned(spec_path))
+    lines = [line for _, line in echoed if line.startswith("throughput:")]
+    assert len(lines) == 1 and lines[0].startswith(f"throughput: 2 trials, {flops:.3g} training FLOPs in ")
+    assert "peak" not in lines[0]  # a CPU has no entry in the peak table: no share of it is claimed
+
+
+def test_throughput_is_a_share_of_the_devices_peak_for_the_trials_of_this_run_only():
+    started = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.timezone.utc).timestamp()
+
+    def done(minutes: int) -> dict:
+        created = datetime.datetime.fromtimestamp(started + 60 * minutes, datetime.timezone.utc).isoformat()
+        return {"state": "completed", "record": {"created": created, "device": "NVIDIA H100 80GB HBM3",
+                                                 "accounting": {"total_flops": 1.0e17}}}
+
+    line = throughput([done(-5), done(1), done(9)], started, started + 1000)  # the first finished before this run
+    assert line.startswith("throughput: 2 trials, 2e+17 training FLOPs in 1000 s")
+    assert line.endswith(f"{2e17 / 1000 / peak_flops('H100'):.1%} of one NVIDIA H100 80GB HBM3's bf16 peak")
 
 
 def test_status_shows_each_finished_trial_with_its_loss_and_wall_time(finished):
