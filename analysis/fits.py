@@ -26,6 +26,7 @@ from analysis.data import completed_runs, exclusion_summary
 from engram_lab.files import write_atomic
 
 LOSS = "metrics.val_loss"
+HELDOUT_LOSS = "metrics.heldout_loss"  # on a second text source never trained on (data.heldout)
 SCHEMA = "engram-lab/fits/1"
 EXPERIMENTS = {"u_curve": "allocation", "memory_scaling": "memory_scaling", "placement": "placement",
                "ablation": "ablation"}
@@ -41,6 +42,9 @@ def fit_all(df: pd.DataFrame, level: float = stats.LEVEL, n_boot: int = 2000, se
         "runs": exclusion_summary(df),
         "orphan_evals": list(df.attrs.get("orphan_evals", [])),
         "u_curve": fit_u_curve(df, level, n_boot, seed),
+        # the same law on the held-out source, where the runs have it: does the optimum carry beyond the training text
+        "u_curve_heldout": (fit_u_curve(df, level, n_boot, seed, y=HELDOUT_LOSS)
+                            if HELDOUT_LOSS in df and df[HELDOUT_LOSS].notna().any() else None),
         "memory_scaling": fit_memory_scaling(df, level),
         "placement": fit_placement(df, level),
         "ablation": fit_ablation(df, level),
@@ -95,9 +99,13 @@ def budget_order(value) -> float:
 # --- U-curve ------------------------------------------------------------------------------------------------------
 
 
-def fit_u_curve(df: pd.DataFrame, level: float = stats.LEVEL, n_boot: int = 2000, seed: int = 0) -> dict:
-    """U-curve fits of val_loss on achieved rho, one per ``axes.budget`` (see :func:`fit_u_curve_group`)."""
+def fit_u_curve(df: pd.DataFrame, level: float = stats.LEVEL, n_boot: int = 2000, seed: int = 0,
+                y: str = LOSS) -> dict:
+    """U-curve fits of the loss ``y`` on achieved rho, one per ``axes.budget`` (see :func:`fit_u_curve_group`);
+    completed runs without ``y`` are left out."""
     runs, n_excl = _experiment(df, EXPERIMENTS["u_curve"])
+    if y != LOSS and not runs.empty:
+        runs = runs[runs[y].notna()] if y in runs else runs.iloc[:0]
     if runs.empty:
         return _none("allocation", n_excl)
     budgets = runs["axes.budget"].astype(str) if "axes.budget" in runs else pd.Series("all", index=runs.index)
@@ -110,7 +118,7 @@ def fit_u_curve(df: pd.DataFrame, level: float = stats.LEVEL, n_boot: int = 2000
     draws = {}
     for budget in sorted(budgets.unique(), key=budget_order):
         group = runs[budgets == budget]
-        fit, draws[budget] = _fit_u_curve_group(group, level, n_boot, seed, excluded_by_budget.get(budget, 0))
+        fit, draws[budget] = _fit_u_curve_group(group, level, n_boot, seed, excluded_by_budget.get(budget, 0), y)
         out["budgets"][budget] = {**fit, "budget": budget}
     out["stability"] = _rho_star_stability(out["budgets"], draws, level, seed)
     out["verdict"] = "; ".join(f"{b}: {f['verdict']}" for b, f in out["budgets"].items())
@@ -138,15 +146,15 @@ def fit_u_curve_group(runs: pd.DataFrame, level: float = stats.LEVEL, n_boot: in
     return _fit_u_curve_group(runs, level, n_boot, seed, n_excluded)[0]
 
 
-def _fit_u_curve_group(runs: pd.DataFrame, level: float, n_boot: int, seed: int,
-                       n_excluded: int) -> tuple[dict, np.ndarray | None]:
+def _fit_u_curve_group(runs: pd.DataFrame, level: float, n_boot: int, seed: int, n_excluded: int,
+                       y: str = LOSS) -> tuple[dict, np.ndarray | None]:
     """:func:`fit_u_curve_group` and the chosen law's bootstrap draws of rho* (None without a chosen law)."""
     no_rho = runs["accounting.rho"].isna() if "accounting.rho" in runs else pd.Series(True, index=runs.index)
     runs = runs[~no_rho]
-    base = {"experiment": "allocation", "x": "accounting.rho", "y": LOSS, "n": int(len(runs)),
+    base = {"experiment": "allocation", "x": "accounting.rho", "y": y, "n": int(len(runs)),
             "n_excluded": int(n_excluded + no_rho.sum()), "formula": "val_loss = a + b*rho + c*rho^2"}
     x_run = runs["accounting.rho"].astype(float).to_numpy()
-    y_run = runs[LOSS].astype(float).to_numpy()
+    y_run = runs[y].astype(float).to_numpy()
     points = (pd.DataFrame({"rho": x_run.round(9), "loss": y_run}).groupby("rho")["loss"]
               .agg(n="count", mean="mean", sd="std").reset_index())
     base["n_points"] = int(len(points))

@@ -63,8 +63,9 @@ def _summary(fits: dict, results: list[dict]) -> str:
              f"- Paper claims checked: {len(results)}: **{counts[SUPPORTS]} supported**, "
              f"**{counts[CONTRADICTS]} contradicted**, **{counts[CANNOT]} cannot tell**.",
              f"- Intervals are {round(fits['level'] * 100)}% two-sided throughout."]
-    for key in ("u_curve", "memory_scaling", "placement", "ablation"):
-        lines.append(f"- {key}: {fits[key]['verdict']}")
+    for key in ("u_curve", "u_curve_heldout", "memory_scaling", "placement", "ablation"):
+        if fits.get(key) is not None:
+            lines.append(f"- {key}: {fits[key]['verdict']}")
     return "\n".join(lines) + "\n"
 
 
@@ -108,6 +109,16 @@ def _coef_rows(coefs: dict) -> str:
     return ", ".join(f"{k} = {v['estimate']:.5g} {_ci(v.get('ci'), 5)}" for k, v in coefs.items())
 
 
+def _law_choice(f: dict) -> list[str]:
+    """The laws AICc set against each other and the optimum of the one it chose."""
+    o, b = f["optimum"], f["optimum"]["bootstrap"]
+    laws = "; ".join(f"{m} AICc {c['aicc']:.1f} (weight {c['akaike_weight']:.2f}, rho* {c['rho_star']:.3f})"
+                     for m, c in f["selection"]["candidates"].items())
+    return [f"- laws (fitted to the runs): {laws}",
+            f"- **chosen: {o['model']}, rho* = {o['estimate']:.3f} {_ci(o['ci_bootstrap'], 3)}** from {b['draws']} "
+            f"seed resamples ({b['scheme']}) that choose the law again: interior in {b['share_interior']:.0%}"]
+
+
 def _laws(fits: dict) -> str:
     lines = ["## Fitted laws\n"]
     u = fits["u_curve"]
@@ -126,12 +137,8 @@ def _laws(fits: dict) -> str:
                       f"{f['curvature']['p_positive']:.2g}; interior optimum: {'yes' if f['interior'] else 'no'}",
                       f"- L(1) - L(rho*) = {g['estimate']:.4f}; delta {_ci(g['ci_delta'])}, bootstrap "
                       f"{_ci(g['ci_bootstrap'])}"]
-            if "alternative" in f:
-                a = f["alternative"]
-                lines.append(f"- alternative `{a['formula']}`: R² = {a['quality']['r2']:.3f}, AIC "
-                             f"{a['quality']['aic']:.1f}, BIC {a['quality']['bic']:.1f}, argmin in range "
-                             f"{a['argmin_in_range']:.3f}; preferred by AIC: {f['preferred_by_aic']}, by BIC: "
-                             f"{f['preferred_by_bic']}")
+            if f["optimum"] is not None:
+                lines += _law_choice(f)
         lines.append(f"- verdict: {f['verdict']}\n")
     if u.get("stability"):
         s = u["stability"]
@@ -139,6 +146,15 @@ def _laws(fits: dict) -> str:
                      f"{_ci(s['ci'], 3)}\n")
     if not u.get("budgets"):
         lines.append(u["verdict"] + "\n")
+    heldout = fits.get("u_curve_heldout")
+    if heldout is not None:
+        lines.append("### Allocation U-curve on the held-out text\n")
+        lines.append("The loss on `data.heldout`, a second text source the models never trained on, fitted as above.\n")
+        for budget, f in heldout.get("budgets", {}).items():
+            lines.append(f"**Budget {budget}** (n = {f['n']} runs, {f['n_points']} rho values)")
+            if f.get("status") == "ok" and f["optimum"] is not None:
+                lines += _law_choice(f)
+            lines.append(f"- verdict: {f['verdict']}\n")
     m = fits["memory_scaling"]
     lines.append("### Memory scaling\n")
     for name, f in m.get("methods", {}).items():

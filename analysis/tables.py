@@ -87,19 +87,27 @@ def fit_table(fits: dict) -> pd.DataFrame:
         rows.append({"fit": fit, "group": group, "quantity": quantity, "estimate": est, "ci_low": ci[0],
                      "ci_high": ci[1], "interval": interval, "n": n, "p": p})
 
-    for budget, f in fits["u_curve"].get("budgets", {}).items():
-        if f.get("status") != "ok":
-            add("u_curve", budget, "status: " + f["status"], None, n=f["n"])
-            continue
-        r, c, g = f["rho_star"], f["curvature"], f["loss_gap_rho1"]
-        add("u_curve", budget, "rho*", r["estimate"], r["ci_delta"], "delta method", f["n"])
-        add("u_curve", budget, "rho*", r["estimate"], r["ci_bootstrap"], "parametric bootstrap", f["n"])
-        add("u_curve", budget, "curvature c", c["estimate"], f["coefficients"]["c"]["ci"], "t", f["n"],
-            c["p_positive"])
-        add("u_curve", budget, "L(1) - L(rho*)", g["estimate"], g["ci_bootstrap"], "parametric bootstrap", f["n"])
-        add("u_curve", budget, "R2 (quadratic)", f["r2"], n=f["n"])
-        if "alternative" in f:
-            add("u_curve", budget, "AIC quadratic - cubic", f["aic"] - f["alternative"]["quality"]["aic"], n=f["n"])
+    for key in ("u_curve", "u_curve_heldout"):
+        for budget, f in (fits.get(key) or {}).get("budgets", {}).items():
+            if f.get("status") != "ok":
+                add(key, budget, "status: " + f["status"], None, n=f["n"])
+                continue
+            o = f["optimum"]
+            if o is not None:
+                add(key, budget, f"rho* ({o['model']} law, AICc)", o["estimate"], o["ci_bootstrap"],
+                    f"seed bootstrap ({o['bootstrap']['scheme']})", f["n"])
+                add(key, budget, "share of resamples with an interior optimum", o["bootstrap"]["share_interior"],
+                    n=f["n"])
+                for m, c in f["selection"]["candidates"].items():
+                    add(key, budget, f"AICc {m} - lowest", c["delta_aicc"], n=f["n"])
+            r, c, g = f["rho_star"], f["curvature"], f["loss_gap_rho1"]
+            add(key, budget, "rho* (quadratic)", r["estimate"], r["ci_delta"], "delta method", f["n"])
+            add(key, budget, "rho* (quadratic)", r["estimate"], r["ci_bootstrap"], "parametric bootstrap", f["n"])
+            add(key, budget, "curvature c", c["estimate"], f["coefficients"]["c"]["ci"], "t", f["n"],
+                c["p_positive"])
+            add(key, budget, "L(1) - L(rho*) (quadratic)", g["estimate"], g["ci_bootstrap"], "parametric bootstrap",
+                f["n"])
+            add(key, budget, "R2 (quadratic)", f["r2"], n=f["n"])
     ms = fits["memory_scaling"]
     for method, m in ms.get("methods", {}).items():
         if m.get("status") != "ok":

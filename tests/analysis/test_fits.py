@@ -9,7 +9,7 @@ import pytest
 import statsmodels.api as sm
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
-from analysis import claims, fits, stats
+from analysis import claims, fits, report, stats, tables
 from analysis.data import frame_from_records
 from analysis.simulate import (linex_law, quadratic_law, simulate_ablation, simulate_placement, simulate_power_law,
                                simulate_u_curve, split_quadratic_law)
@@ -295,6 +295,26 @@ def test_welch_matches_statsmodels():
     assert np.allclose(ours["ci"], cm.tconfint_diff(usevar="unequal"))
     assert math.isclose(ours["p"], cm.ttest_ind(usevar="unequal")[1])
     assert stats.welch(1.0, None, 1, 1.1, 0.1, 3)["ci"] is None  # one seed: no interval is invented
+
+
+def test_the_held_out_loss_gets_its_own_u_curve_and_runs_without_it_are_left_out():
+    rng = np.random.default_rng(12)
+    runs = simulate_u_curve(rng, {"2e20": quadratic_law(1.8, 0.6, 0.3)}, RHOS, seeds=3, noise=0.002)
+    # on the second source the optimum sits elsewhere; a few runs (recorded without data.heldout) lack the loss
+    for i, r in enumerate(runs):
+        if i % 7:
+            r["metrics"]["heldout_loss"] = float(2.5 + 0.4 * (r["accounting"]["rho"] - 0.45) ** 2
+                                                 + rng.normal(0, 0.002))
+    out = fits.fit_all(frame_from_records(runs), n_boot=300)
+    train, heldout = out["u_curve"]["budgets"]["2e20"], out["u_curve_heldout"]["budgets"]["2e20"]
+    assert train["n"] == len(runs) and heldout["n"] == sum(1 for i in range(len(runs)) if i % 7)
+    assert heldout["y"] == fits.HELDOUT_LOSS
+    assert _inside(0.6, train["optimum"]["ci_bootstrap"]) and _inside(0.45, heldout["optimum"]["ci_bootstrap"])
+    assert abs(heldout["optimum"]["estimate"] - 0.45) < 0.05
+    laws = report._laws(out)
+    assert "U-curve on the held-out text" in laws and laws.count("- **chosen: ") == 2
+    assert "u_curve_heldout" in set(tables.fit_table(out)["fit"])
+    assert fits.fit_all(frame_from_records(simulate_u_curve(rng, seeds=1)), n_boot=100)["u_curve_heldout"] is None
 
 
 def test_fits_json_is_strict_json(tmp_path):
