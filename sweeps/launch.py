@@ -87,14 +87,15 @@ class TrialJob(submitit.helpers.Checkpointable):
         self.threads = threads
 
     def __call__(self) -> dict:
-        if self.threads:
+        threads = getattr(self, "threads", None)  # a job pickled by an older driver has none
+        if threads:
             # local trials share one machine's cores: each would otherwise start a thread per core for its CPU ops
             # and a compile worker per core, and together they would oversubscribe the machine many times over
             import torch
             import torch._inductor.config as inductor
 
-            torch.set_num_threads(self.threads)
-            inductor.compile_threads = self.threads
+            torch.set_num_threads(threads)
+            inductor.compile_threads = threads
         trial = build(TrialConfig, self.trial)
         try:
             record = run_trial(trial, self.results, self.workdir, on_record=self._mirror)
@@ -428,19 +429,18 @@ def sync(spec: SweepSpec, paths: SweepPaths, planned: list[PlannedTrial], storag
 
 
 def first_seeds_first(spec: SweepSpec, todo: list[PlannedTrial]) -> list[PlannedTrial]:
-    """Within each value of the outermost axis (a budget, say), every point's first seed, then every point's
-    second, and so on; the plan's order otherwise.
+    """Every point's first seed, then every point's second, and so on, within each level of the first axis that has
+    named levels (a compute budget, say: they finish one after the other); the plan's order otherwise.
 
     A compiled trial's kernels are cached by shape, and the seeds of a point share its shape: started together, each
-    would compile it again; started after the first, they find it compiled. The outermost axis still comes first, so
-    that its levels finish one after the other."""
+    would compile it again; started after the first, they find it compiled."""
     axis = spec.seed_axis
     if axis is None:
         return list(todo)
     seed_rank = {seed: i for i, seed in enumerate(axis.values)}
-    outer = spec.axes[0]
-    outer_rank = {key: i for i, key in enumerate(outer.keys())} if outer is not axis else {}
-    return sorted(todo, key=lambda p: (outer_rank.get(p.axes.get(outer.name), 0),
+    outer = next((a for a in spec.axes if a.levels and a is not axis), None)
+    outer_rank = {key: i for i, key in enumerate(outer.keys())} if outer is not None else {}
+    return sorted(todo, key=lambda p: (outer_rank.get(p.axes.get(outer.name), 0) if outer else 0,
                                        seed_rank.get(p.trial.seed, len(seed_rank))))
 
 

@@ -248,3 +248,37 @@ def test_a_local_job_that_died_unreaped_is_not_taken_for_alive():
         sleeper.kill()
         sleeper.wait()
         dead.wait()
+
+
+@pytest.mark.parametrize("budgets", [True, False])
+def test_local_trials_start_each_points_first_seed_first_within_each_budget(tmp_path, budgets):
+    from sweeps.launch import first_seeds_first
+
+    grid = {"rho": {"path": "budget.rho", "values": [0.5, 1.0]}}
+    if budgets:
+        grid = {"budget": {"levels": {"small": {"budget.total_params": 4.0e+5},
+                                      "large": {"budget.total_params": 8.0e+5}}}, **grid}
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({"name": "order", "experiment": "allocation", "grid": grid, "seeds": 2,
+                                         "trial": tiny(budget={"total_params": 4.0e+5, "rho": 0.8})},
+                                        sort_keys=False))  # the levels in the order written
+    spec = load_spec(spec_path)
+    order = [(p.axes.get("budget"), p.axes["rho"], p.trial.seed) for p in first_seeds_first(spec, expand(spec))]
+    if budgets:
+        assert order == [("small", 0.5, 0), ("small", 1.0, 0), ("small", 0.5, 1), ("small", 1.0, 1),
+                         ("large", 0.5, 0), ("large", 1.0, 0), ("large", 0.5, 1), ("large", 1.0, 1)]
+    else:
+        assert order == [(None, 0.5, 0), (None, 1.0, 0), (None, 0.5, 1), (None, 1.0, 1)]
+
+
+def test_local_jobs_split_the_machines_cores_and_slurm_jobs_keep_their_own(tmp_path):
+    from sweeps.launch import SweepPaths, _jobs
+
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({"name": "cores", "experiment": "test", "trial": tiny(), "seeds": 3,
+                                         "launch": {"executor": "local", "max_parallel": 3}}))
+    spec = load_spec(spec_path)
+    paths = SweepPaths(tmp_path / "results", tmp_path / "runs", spec.name)
+    local = _jobs(spec, expand(spec), paths, "sqlite://", "local")
+    assert {j.threads for j in local} == {max(1, os.cpu_count() // 3)}
+    assert {j.threads for j in _jobs(spec, expand(spec), paths, "sqlite://", "slurm")} == {None}
