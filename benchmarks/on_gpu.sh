@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The GPU runs behind results/README.md's allocation-ladder entry, on a machine without network: wheels that the
-# machine lacks travel in .whl/, the ladder's text in .data/english and .data/heldout (copied to ../corpora, where its
-# spec reads it), and records are written under runs/ (kept between runs on that machine) and copied to $OUT.
+# The GPU runs behind results/README.md's 2026-12-03 entry, for an offline GPU machine that receives a copy of the
+# repository: Python wheels it lacks in .whl/, the ladder's text in .data/english and .data/heldout (copied to
+# ../corpora, where the spec reads it); records are written under runs/ and copied to $OUT (default runs/gpu).
 #
-#   bash benchmarks/gpu_session.sh profile            # benchmarks/profile_step.py
-#   bash benchmarks/gpu_session.sh ladder SECONDS      # the allocation ladder, resumed, for at most SECONDS
+#   bash benchmarks/on_gpu.sh profile            # benchmarks/profile_step.py
+#   bash benchmarks/on_gpu.sh ladder SECONDS      # the allocation ladder, resumed, for at most SECONDS
 set -uo pipefail
-OUT=${OUT:-results/gpu}
+OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
