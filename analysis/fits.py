@@ -190,10 +190,9 @@ def _fit_u_curve_group(runs: pd.DataFrame, level: float, n_boot: int, seed: int,
 def _noise_floor(points: pd.DataFrame) -> dict:
     """Seed-to-seed sd of val_loss at each rho with two or more runs, their mean, and the pooled sd."""
     seeded = points[points["n"] >= 2]
-    df_i = seeded["n"] - 1
     return {"per_rho": seeded[["rho", "n", "sd"]].to_dict("records"),
             "mean_sd": float(seeded["sd"].mean()) if len(seeded) else None,
-            "pooled_sd": math.sqrt(float((seeded["sd"] ** 2 * df_i).sum() / df_i.sum())) if len(seeded) else None}
+            "pooled_sd": stats.pooled_sd(seeded["n"], seeded["sd"])}
 
 
 RESAMPLED = {"paired seeds": "seeds within each rho, seed offsets removed", "runs within rho": "runs within each rho",

@@ -212,6 +212,15 @@ PROFILE_POINTS = 101  # grid of r over the sampled range (0.009 apart on [0.1, 1
                       # three grid values then places r between them
 
 
+def pooled_sd(n, sd) -> float | None:
+    """The seed sd pooled over points of ``n`` runs and seed sd ``sd``, each point's variance weighted by its degrees
+    of freedom (points with fewer than two runs carry none); None without a point of two or more."""
+    n, sd = np.asarray(n, float), np.asarray(sd, float)
+    df_i = n - 1
+    keep = df_i > 0
+    return math.sqrt(float((sd[keep] ** 2 * df_i[keep]).sum() / df_i[keep].sum())) if keep.any() else None
+
+
 def seed_variances(n, sd) -> np.ndarray | None:
     """Each rho point's seed variance shrunk toward the pooled one; None when a point has one run or none vary.
 
@@ -223,7 +232,7 @@ def seed_variances(n, sd) -> np.ndarray | None:
     if len(n) == 0 or (n < 2).any():
         return None
     df_i = n - 1
-    pooled = float((sd ** 2 * df_i).sum() / df_i.sum())
+    pooled = pooled_sd(n, sd) ** 2
     prior = 2.0 * float(np.median(df_i))
     var = (df_i * sd ** 2 + prior * pooled) / (df_i + prior)
     return var if np.all(np.isfinite(var)) and np.all(var > 0) else None
@@ -345,8 +354,9 @@ def argmin_in_range(model: str, params: np.ndarray, lo: float, hi: float):
     return cand[rows, k], k == 2, vals[rows, k]
 
 
-def _aicc(rss: np.ndarray, n: int, p: int, log_w: float) -> np.ndarray:
-    """AICc of a Gaussian least-squares fit with p mean parameters; k = p + 1 counts the noise variance."""
+def _aicc(rss: np.ndarray, n: int, p: int, log_w: float) -> tuple[np.ndarray, np.ndarray]:
+    """AICc and log-likelihood of a Gaussian least-squares fit with p mean parameters; k = p + 1 counts the noise
+    variance."""
     with np.errstate(divide="ignore"):
         llf = -n / 2 * (np.log(2 * np.pi * rss / n) + 1) + 0.5 * log_w
     k = p + 1

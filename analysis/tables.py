@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis import stats
 from engram_lab.files import write_text_atomic
 
 RUN_COLUMNS = ("run_id", "sweep", "experiment", "status", "seed", "model", "accounting.rho", "accounting.P_tot",
@@ -47,9 +48,9 @@ def noise_floor(df: pd.DataFrame) -> pd.DataFrame:
         if not axes:
             continue
         loss = group.groupby(axes, sort=False, dropna=False)["metrics.val_loss"]
-        stats = loss.agg(["count", "mean", "std"]).reset_index()
-        stats.columns = [*axes, *NOISE_COLUMNS]
-        parts.append(stats.assign(sweep=sweep, experiment=experiment))
+        point = loss.agg(["count", "mean", "std"]).reset_index()
+        point.columns = [*axes, *NOISE_COLUMNS]
+        parts.append(point.assign(sweep=sweep, experiment=experiment))
     if not parts:
         return pd.DataFrame(columns=["sweep", "experiment", *NOISE_COLUMNS])
     table = pd.concat(parts, ignore_index=True)
@@ -74,8 +75,7 @@ def pooled_sd(floor: pd.DataFrame) -> float | None:
     """The seed sd pooled over the grid points of a :func:`noise_floor` table with two or more seeds, each point's
     variance weighted by its degrees of freedom (None without such a point)."""
     replicated = floor[floor["seeds"] >= 2]
-    dof = replicated["seeds"] - 1
-    return float(((replicated["seed sd"] ** 2 * dof).sum() / dof.sum()) ** 0.5) if len(replicated) else None
+    return stats.pooled_sd(replicated["seeds"], replicated["seed sd"])
 
 
 def fit_table(fits: dict) -> pd.DataFrame:

@@ -6,8 +6,8 @@ the same model, optimizers and batch size are trained by
 * ``trainer``: :func:`experiments.train.run_trial` (Lightning, bf16, deterministic as sweeps train; its steady
   rate, validation off), compiled and with CUDA graphs (``train.compile: cudagraphs``); the reference;
 * ``loop`` variants: a bare loop doing what the trainer's step does (lookup, loss, backward, clipping, router
-  biases, optimizers) on random tokens, with and without a host sync per step (the trainer reads the loss every
-  step), eager, compiled, with fused AdamW and with CUDA graphs;
+  biases, optimizers) on random tokens, with and without a host sync per step (reading the loss), eager,
+  compiled, with fused AdamW and with CUDA graphs;
 
 and the busy share of the GPU in the compiled and the graphed loops (kernel time / wall time, from the profiler)
 says how far launch and Python overhead are from the kernels themselves. MFU is against the device's dense bf16

@@ -15,15 +15,18 @@ class Busy(RuntimeError):
     """Another live process holds the lock."""
 
 
-def _write_through_temp(path: Path, write, overwrite: bool) -> Path:
-    """Write with ``write(file)`` to a temporary file in ``path``'s folder, fsync, then rename (or, with
-    ``overwrite=False``, hard-link, which fails if another writer got there first): a reader never sees half a file."""
+def write_through_temp(path: str | Path, write, overwrite: bool = True, binary: bool = False) -> Path:
+    """Write with ``write(file)`` (opened in text mode, or binary) to a temporary file in ``path``'s folder, fsync,
+    then rename (or, with ``overwrite=False``, hard-link, which fails if another writer got there first): a reader
+    never sees half a file. The file is readable by all, as results shared on a cluster must be."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not overwrite and path.exists():
         raise FileExistsError(f"{path} exists and is never overwritten")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o644)  # mkstemp makes it private to its owner
+        with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -43,11 +46,11 @@ def write_atomic(path: str | Path, payload: Any, overwrite: bool = True) -> Path
     With ``overwrite=False`` an existing file is left untouched and :class:`FileExistsError` is raised.
     """
     text = json.dumps(_finite(payload), indent=1, sort_keys=True, default=_jsonable, allow_nan=False)
-    return _write_through_temp(Path(path), lambda f: f.write(text), overwrite)
+    return write_through_temp(path, lambda f: f.write(text), overwrite)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    return _write_through_temp(Path(path), lambda f: f.write(text), overwrite=True)
+    return write_through_temp(path, lambda f: f.write(text))
 
 
 def _jsonable(x: Any) -> Any:

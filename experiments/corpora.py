@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
+from engram_lab.files import write_text_atomic, write_through_temp
+
 DEFAULT_CACHE = Path("~/.cache/engram-lab/corpora").expanduser()
 
 
@@ -567,29 +569,19 @@ def documents(corpus: Corpus, roots: list[Path], stats: BuildStats) -> Iterator[
         yield text
 
 
-def _write_gzip_atomic(path: Path, lines: Iterator[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            # mtime 0 and no file name: the same packages always give the same bytes
-            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
-                for line in lines:
-                    gz.write(line.encode("utf-8"))
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp, 0o644)  # data to share and carry, not a secret
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def _write_gzip(path: Path, lines: Iterator[str]) -> None:
+    def write(raw) -> None:
+        # mtime 0 and no file name: the same packages always give the same bytes
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
+            for line in lines:
+                gz.write(line.encode("utf-8"))
+
+    write_through_temp(path, write, binary=True)
 
 
 def build_corpus(name: str, out_dir: str | Path, cache: str | Path | None = None) -> Path:
     """Build corpus ``name`` into ``out_dir/<name>.jsonl.gz`` (and ``<name>.SOURCE.md``) and return its path.
     Packages are downloaded and unpacked into ``cache`` (default ``~/.cache/engram-lab/corpora``)."""
-    from engram_lab.files import write_text_atomic
-
     if name not in CORPORA:
         raise CorpusError(f"unknown corpus {name!r}; known: {', '.join(sorted(CORPORA))}")
     corpus = CORPORA[name]
@@ -599,14 +591,13 @@ def build_corpus(name: str, out_dir: str | Path, cache: str | Path | None = None
     roots = [unpack_deb(deb, cache) for deb in debs]
     stats = BuildStats()
     target = out_dir / f"{name}.jsonl.gz"
-    _write_gzip_atomic(target, (json.dumps({"text": text}, ensure_ascii=False) + "\n"
+    _write_gzip(target, (json.dumps({"text": text}, ensure_ascii=False) + "\n"
                                 for text in documents(corpus, roots, stats)))
     if stats.kept == 0:
         target.unlink()
         raise CorpusError(f"corpus {name}: no document survived selection in {', '.join(d.name for d in debs)}")
     versions = [(_package_name(spec), deb_version(deb), deb.name) for spec, deb in zip(corpus.packages, debs)]
-    note = write_text_atomic(out_dir / f"{name}.SOURCE.md", source_note(corpus, versions, stats, target))
-    note.chmod(0o644)
+    write_text_atomic(out_dir / f"{name}.SOURCE.md", source_note(corpus, versions, stats, target))
     return target
 
 
@@ -616,8 +607,7 @@ def source_note(corpus: Corpus, versions: list[tuple[str, str, str]], stats: Bui
              f"- license: {corpus.license}",
              "- packages (Debian, `apt-get download`): " + ", ".join(f"{p} {v} (`{f}`)" for p, v, f in versions),
              f"- file: `{target.name}`, one JSON object `{{\"text\": ...}}` a line, {target.stat().st_size:,} bytes",
-             (f"- documents: {stats.kept:,}; characters: {stats.characters:,} "
-              f"(about {stats.characters / 3.5 / 1e6:.1f}M BPE tokens at 3.5 characters a token)"),
+             f"- documents: {stats.kept:,}; characters: {stats.characters:,}",
              "", "## How it was built", "",
              (f"`engram-lab corpus {corpus.name} --out DIR` (experiments/corpora.py). Files selected, in sorted "
               "path order:"), ""]

@@ -62,9 +62,7 @@ class LanguageModelTask(L.LightningModule):
         self._recent_losses: list[torch.Tensor | float] = []  # the last 20 steps' losses, read when needed
         self._first_non_finite = None  # (step, loss) of the first non-finite loss, on the device until checked
         self.train_seconds = 0.0
-        # seconds since this process's first step, at the steps where the device was waited for: the steady rate
-        self.synced_at: dict[int, float] = {}
-        self._started: float | None = None
+        self.synced_at: dict[int, float] = {}  # time.time() at the steps where the device was waited for
         self.first_step_time: float | None = None  # time.time() at this process's first step
         self._step_start: float | None = None
 
@@ -101,8 +99,8 @@ class LanguageModelTask(L.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self._step_start = time.perf_counter()
-        if self._started is None:
-            self._started, self.first_step_time = self._step_start, time.time()
+        if self.first_step_time is None:
+            self.first_step_time = time.time()
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -161,7 +159,7 @@ class LanguageModelTask(L.LightningModule):
         if step % self.trial.train.log_every_steps == 0 or step in (STEADY_FROM, self.total_steps):
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            self.synced_at[step] = time.perf_counter() - self._started
+            self.synced_at[step] = time.time()
         self.train_seconds += time.perf_counter() - self._step_start
 
     def steady_tokens_per_second(self) -> float | None:
