@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The GPU runs behind results/README.md's 2026-12-03 entry, for an offline GPU machine that receives a copy of the
 # repository: Python wheels it lacks in .whl/, the ladder's text in .data/english and .data/heldout (copied to
-# ../corpora, where the spec reads it); records are written under runs/ and copied to $OUT (default runs/gpu).
+# ../corpora, where the spec reads it); records are written under runs/ and packed into $OUT (default runs/gpu).
 #
 #   bash benchmarks/on_gpu.sh profile            # benchmarks/profile_step.py
+#   bash benchmarks/on_gpu.sh throughput [ARGS]  # benchmarks/sweep_throughput.py
 #   bash benchmarks/on_gpu.sh ladder SECONDS      # the allocation ladder, resumed, for at most SECONDS
+#   MPS=1 bash benchmarks/on_gpu.sh ladder ...    # its trials' kernels run concurrently (CUDA MPS, started here)
 set -uo pipefail
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
@@ -16,13 +18,26 @@ export PYTHONPATH=.:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 if [ ! -d ../corpora/english ] && [ -d .data/english ]; then  # the ladder's text (its spec says how it is built)
   mkdir -p ../corpora && cp -r .data/english .data/heldout ../corpora/
 fi
+if [ "${MPS:-0}" = 1 ]; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/engram-mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/engram-mps/log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  nvidia-cuda-mps-control -d && trap 'echo quit | nvidia-cuda-mps-control' EXIT
+fi
 case "${1:-}" in
   profile)
     python3 benchmarks/profile_step.py "${@:2}" 2>&1 | grep -v -i "warn\|srun\|litlogger" | tee "$OUT/profile_step.log"
     cp results/benchmarks/profile_step.json "$OUT/" ;;
+  throughput)
+    python3 benchmarks/sweep_throughput.py "${@:2}" 2>&1 | grep -v -i "warn\|srun\|litlogger" \
+      | tee "$OUT/sweep_throughput.log"
+    cp results/benchmarks/sweep_throughput.json "$OUT/" ;;
   ladder)
+    # to a file, not a pipe: trial jobs inherit the driver's output and outlive its --timeout, and a reader of the
+    # pipe would wait for them all
     python3 -m engram_lab sweep sweeps/specs/allocation_ladder.yaml --results runs/gpu-results --workdir runs \
-      --no-analysis --retry-failed --timeout "${2:-500}" 2>&1 | tee -a "$OUT/ladder.log"
-    mkdir -p "$OUT/results" && cp -r runs/gpu-results/. "$OUT/results/" ;;
-  *) echo "usage: $0 profile | ladder SECONDS"; exit 2 ;;
+      --no-analysis --retry-failed --timeout "${2:-500}" >> "$OUT/ladder.log" 2>&1
+    pkill -f submitit.local._local  # the machine is handed back after this: a later driver resumes these trials
+    grep -a -v "Epoch\|Training\|Validation" "$OUT/ladder.log" | tail -n 40
+    tar czf "$OUT/ladder-records.tgz" -C runs/gpu-results . ;;
+  *) echo "usage: $0 profile | throughput [ARGS] | ladder SECONDS"; exit 2 ;;
 esac

@@ -21,6 +21,7 @@ Run record fields:
     metrics       train_loss, val_loss, val_loss_by_category, val_curve [[tokens, loss], ...], tokens_per_second
                   (over all steps), tokens_per_second_steady (after the first 10 steps of this process), mfu (of
                   the steady rate), startup_s (the trial's start to its first step: data, model, trainer set-up),
+                  warmup_s (the first steps' time beyond the steady rate: compilation, CUDA graph capture),
                   unigram_entropy (of the validation tokens, nats) and anything else the trainer measured
     checkpoint    the final model folder ``<workdir>/<sweep>/<run_id>/model`` (:func:`portable_path`), or None
     wall_time_s, device, versions {python, torch, lightning, ...}, git_commit, created (ISO time, UTC)

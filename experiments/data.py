@@ -33,7 +33,7 @@ from experiments.synthetic import CATEGORIES, SyntheticConfig, SyntheticCorpus
 from experiments.text import is_validation, iter_file_documents, iter_hub_documents
 from experiments.tokenizer import Tokenizer, cache_dir, load_named, train_bpe
 
-TOKENS_VERSION = "tokens-2"  # part of the cache key: bump when tokenisation or packing changes
+TOKENS_VERSION = "tokens-3"  # part of the cache key: bump when tokenisation or packing changes
 
 
 @dataclass

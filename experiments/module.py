@@ -64,6 +64,7 @@ class LanguageModelTask(L.LightningModule):
         self.train_seconds = 0.0
         self.synced_at: dict[int, float] = {}  # time.time() at the steps where the device was waited for
         self.first_step_time: float | None = None  # time.time() at this process's first step
+        self._first_step = 0  # its global step (past 0 when resumed)
         self._step_start: float | None = None
 
     def configure_model(self) -> None:
@@ -100,7 +101,7 @@ class LanguageModelTask(L.LightningModule):
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self._step_start = time.perf_counter()
         if self.first_step_time is None:
-            self.first_step_time = time.time()
+            self.first_step_time, self._first_step = time.time(), self.global_step
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -170,6 +171,15 @@ class LanguageModelTask(L.LightningModule):
             return None
         first, last = steps[0], steps[-1]
         return self.tokens_per_step * (last - first) / max(self.synced_at[last] - self.synced_at[first], 1e-9)
+
+    def warmup_seconds(self) -> float | None:
+        """What this process's steps up to ``STEADY_FROM`` took beyond the steady rate: compilation, CUDA graph
+        capture and warm-up (None when the steady rate is unknown or the run resumed past that step)."""
+        rate = self.steady_tokens_per_second()
+        if rate is None or self.first_step_time is None or STEADY_FROM not in self.synced_at:
+            return None
+        steps = STEADY_FROM - self._first_step
+        return self.synced_at[STEADY_FROM] - self.first_step_time - steps * self.tokens_per_step / rate
 
     # -- validation -----------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

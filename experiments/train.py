@@ -363,6 +363,9 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
         "tokens_per_second_steady": steady_tok_s,
         # from the trial's start to its first step: data (tokenizer, token cache), model and trainer set-up
         "startup_s": task.first_step_time - started if task.first_step_time else None,
+        # from the first step to the steady rate: compilation and CUDA graph capture (less when this process compiled
+        # the same shapes for an earlier trial)
+        "warmup_s": task.warmup_seconds(),
         "mfu": mfu(steady_tok_s / t.world, counts.train_flops_per_token, device_name()),  # of each device's peak
         "data": corpus.info,
     }

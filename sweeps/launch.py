@@ -12,10 +12,11 @@ The driver (``engram-lab sweep SPEC``):
 A record or a ledger line that cannot be read is said, naming the file (and line), and left as it is: the sweep
 goes on without it and never writes over it.
 
-Each trial job is ``submitit.helpers.Checkpointable``: on preemption or timeout submitit requeues it, and on
-requeue it resumes from the trial's last checkpoint. A trial is trained under an exclusive lock on its folder, so
-two drivers, or a job and its requeued twin, never train it twice; a restarted driver finds running jobs in the
-ledger and waits for them instead of submitting again.
+A job trains one trial, or with ``launch.seeds_per_job`` several seeds of one point one after another (the model
+compiles once, the text loads once). Each job is ``submitit.helpers.Checkpointable``: on preemption or timeout
+submitit requeues it, and on requeue it skips its completed trials and resumes the next from its last checkpoint.
+A trial is trained under an exclusive lock on its folder, so two drivers, or a job and its requeued twin, never
+train it twice; a restarted driver finds running jobs in the ledger and waits for them instead of submitting again.
 """
 
 from __future__ import annotations
@@ -78,34 +79,45 @@ def now() -> str:
 
 
 class TrialJob(submitit.helpers.Checkpointable):
-    """One trial on a worker: train it (resuming from its last checkpoint) and mirror the outcome in the study."""
+    """Trials on a worker, one after another in one process: train each (resuming from its last checkpoint) and
+    mirror its outcome in the study. A point's seeds in one job share its compiled model and the loaded text."""
 
-    def __init__(self, trial: dict, params: dict, choices: dict, results: str, workdir: str, storage: str,
-                 threads: int | None = None):
-        self.trial, self.params, self.choices = trial, params, choices
+    def __init__(self, trials: list[dict], params: list[dict], choices: dict, results: str, workdir: str,
+                 storage: str, threads: int | None = None):
+        self.trials, self.params, self.choices = trials, params, choices
         self.results, self.workdir, self.storage = results, workdir, storage
         self.threads = threads
 
-    def __call__(self) -> dict:
-        threads = getattr(self, "threads", None)  # a job pickled by an older driver has none
-        if threads:
+    def __setstate__(self, state: dict) -> None:
+        if "trial" in state:  # pickled by an older driver: one trial (and, older still, no thread count)
+            state = {**state, "trials": [state.pop("trial")], "params": [state["params"]]}
+        self.__dict__.update({"threads": None, **state})
+
+    def __call__(self) -> list[dict]:
+        if self.threads:
             # local trials share one machine's cores: each would otherwise start a thread per core for its CPU ops
             # and a compile worker per core, and together they would oversubscribe the machine many times over
             import torch
             import torch._inductor.config as inductor
 
-            torch.set_num_threads(threads)
-            inductor.compile_threads = threads
-        trial = build(TrialConfig, self.trial)
-        try:
-            record = run_trial(trial, self.results, self.workdir, on_record=self._mirror)
-        except TrialBusy as err:
-            return {"status": "busy", "reason": str(err)}
-        except TrialFailed as err:
-            raise RuntimeError(f"trial failed: {err.record['reason']}") from err
-        return {k: record[k] for k in ("run_id", "status", "reason")}
+            torch.set_num_threads(self.threads)
+            inductor.compile_threads = self.threads
+        outcomes, failed = [], []
+        for trial, params in zip(self.trials, self.params):
+            try:
+                record = run_trial(build(TrialConfig, trial), self.results, self.workdir,
+                                   on_record=lambda r, params=params: self._mirror(r, params))
+            except TrialBusy as err:
+                outcomes.append({"status": "busy", "reason": str(err)})
+            except TrialFailed as err:  # recorded; the job's other trials still train
+                failed.append(err.record)
+            else:
+                outcomes.append({k: record[k] for k in ("run_id", "status", "reason")})
+        if failed:
+            raise RuntimeError("; ".join(f"trial {r['run_id']} failed: {r['reason']}" for r in failed))
+        return outcomes
 
-    def _mirror(self, record: dict) -> None:
+    def _mirror(self, record: dict, params: dict) -> None:
         from optuna.distributions import CategoricalDistribution
 
         from sweeps.study import load, mirror_record
@@ -114,7 +126,7 @@ class TrialJob(submitit.helpers.Checkpointable):
             distributions = {k: CategoricalDistribution(v) for k, v in self.choices.items()}
             # under the driver's lock: a driver reconciling the study at the same moment would add it twice
             with driver_lock(SweepPaths(Path(self.results), Path(self.workdir), record["sweep"])):
-                mirror_record(load(record["sweep"], self.storage), record, self.params, distributions)
+                mirror_record(load(record["sweep"], self.storage), record, params, distributions)
         except Exception as err:  # the record is the truth; the driver reconciles the study at its next start
             print(f"could not mirror {record['run_id']} in the Optuna study: {err}", file=sys.stderr)
 
@@ -360,32 +372,52 @@ def make_executor(spec: SweepSpec, paths: SweepPaths, cluster: str) -> submitit.
     return executor
 
 
-def _jobs(spec: SweepSpec, todo: list[PlannedTrial], paths: SweepPaths, storage: str,
+def job_batches(spec: SweepSpec, todo: list[PlannedTrial]) -> list[list[PlannedTrial]]:
+    """The trials of each job: one each, or with ``launch.seeds_per_job`` a point's seeds together (in the order of
+    ``todo``, up to that many per job)."""
+    n, axis = spec.launch.seeds_per_job, spec.seed_axis
+    if n == 1 or axis is None:
+        return [[p] for p in todo]
+    groups: dict[str, list[list[PlannedTrial]]] = {}
+    batches = []
+    for p in todo:
+        point = json.dumps({k: v for k, v in p.axes.items() if k != axis.name}, sort_keys=True, default=str)
+        open_ = groups.setdefault(point, [])
+        if not open_ or len(open_[-1]) == n:
+            open_.append([])
+            batches.append(open_[-1])
+        open_[-1].append(p)
+    return batches
+
+
+def _jobs(spec: SweepSpec, batches: list[list[PlannedTrial]], paths: SweepPaths, storage: str,
           executor_kind: str = "debug") -> list[TrialJob]:
     from sweeps.study import grid_choices, param_value
 
     choices = grid_choices(spec)  # the study's search space: one for every trial of the sweep
-    # SLURM confines each job to its own cores; local jobs split the machine's between the trials run at once
+    # SLURM confines each job to its own cores; local jobs split the machine's between the jobs run at once
     threads = max(1, (os.cpu_count() or 1) // spec.launch.max_parallel) if executor_kind == "local" else None
-    return [TrialJob(p.trial.to_dict(), {k: param_value(v) for k, v in p.axes.items()}, choices, str(paths.results),
-                     str(paths.workdir), storage, threads) for p in todo]
+    return [TrialJob([p.trial.to_dict() for p in batch], [{k: param_value(v) for k, v in p.axes.items()}
+                                                         for p in batch],
+                     choices, str(paths.results), str(paths.workdir), storage, threads) for batch in batches]
 
 
-def submit(spec: SweepSpec, paths: SweepPaths, todo: list[PlannedTrial], storage: str, executor_kind: str,
-           submitted: list | None = None) -> list[tuple[PlannedTrial, object]]:
-    """Submit ``todo`` (SLURM: job arrays in chunks of ``max_array_size``; local: one process each) and ledger them."""
-    if not todo:
+def submit(spec: SweepSpec, paths: SweepPaths, batches: list[list[PlannedTrial]], storage: str,
+           executor_kind: str, submitted: list | None = None) -> list[tuple[list[PlannedTrial], object]]:
+    """Submit one job per batch of trials (SLURM: job arrays in chunks of ``max_array_size``; local: one process
+    each) and ledger every trial with its job."""
+    if not batches:
         return []
     executor = make_executor(spec, paths, executor_kind)
     jobs = []
-    chunk = spec.launch.slurm.max_array_size if executor_kind == "slurm" else len(todo)
-    for start in range(0, len(todo), chunk):
-        part = todo[start:start + chunk]
+    chunk = spec.launch.slurm.max_array_size if executor_kind == "slurm" else len(batches)
+    for start in range(0, len(batches), chunk):
+        part = batches[start:start + chunk]
         with executor.batch():
             handles = [executor.submit(job) for job in _jobs(spec, part, paths, storage, executor_kind)]
         jobs.extend(zip(part, handles))
     append_ledger(paths, [{"run_id": p.run_id, "job_id": str(j.job_id), "executor": executor_kind,
-                           "submitted": now()} for p, j in jobs])
+                           "submitted": now()} for batch, j in jobs for p in batch])
     if submitted is not None:
         submitted.extend(jobs)
     return jobs
@@ -476,24 +508,23 @@ def run_sweep(spec_path: str | Path, results: str | Path = "results", workdir: s
         if kind == "debug":
             pass  # trained below, in this process
         elif kind == "local":
-            queue = first_seeds_first(spec, todo)
-            running = sum(1 for s in states.values() if s["state"] == "running")
-            start = queue[:max(0, spec.launch.max_parallel - running)]
+            queue = job_batches(spec, first_seeds_first(spec, todo))
+            start = queue[:max(0, spec.launch.max_parallel - jobs_at_work(states))]
             submit(spec, paths, start, storage, "local", submitted)
             todo = queue[len(start):]
         else:
-            submit(spec, paths, todo, storage, "slurm", submitted)
+            submit(spec, paths, job_batches(spec, todo), storage, "slurm", submitted)
             todo = []
     if kind == "debug":
-        for p, job in zip(todo, _jobs(spec, todo, paths, storage)):
+        for batch in job_batches(spec, todo):
             with driver_lock(paths):
                 append_ledger(paths, [{"run_id": p.run_id, "job_id": str(os.getpid()), "executor": "debug",
-                                       "submitted": now()}])
+                                       "submitted": now()} for p in batch])
             try:
-                job()
+                _jobs(spec, [batch], paths, storage)[0]()
             except RuntimeError as err:
-                echo(f"{p.label()}: {err}")
-            progress.update(trial_states([p.run_id], paths, warn))
+                echo(f"{', '.join(p.label() for p in batch)}: {err}")
+            progress.update(trial_states([p.run_id for p in batch], paths, warn))
         todo = []
     if not wait:
         return SweepOutcome(planned, trial_states([p.run_id for p in planned], paths, warn))
@@ -513,15 +544,20 @@ def run_sweep(spec_path: str | Path, results: str | Path = "results", workdir: s
     return outcome
 
 
+def jobs_at_work(states: dict[str, dict]) -> int:
+    """Jobs running or queued; a job training several trials counts once."""
+    return len({(s.get("job") or {}).get("job_id", rid) for rid, s in states.items()
+                if s["state"] in ("running", "queued")})
+
+
 def _wait(spec, paths, planned, storage, queue, submitted, poll_s, timeout_s, progress, warn) -> dict[str, dict]:
-    """Poll until every trial has settled, feeding the local queue as processes finish."""
+    """Poll until every trial has settled, feeding the local queue (of job batches) as processes finish."""
     deadline = time.time() + timeout_s if timeout_s else None
     while True:
         with driver_lock(paths):
             states, _ = sync(spec, paths, planned, storage, retry_failed=False, warn=warn)
             if queue:
-                running = sum(1 for s in states.values() if s["state"] in ("running", "queued"))
-                start = queue[:max(0, spec.launch.max_parallel - running)]
+                start = queue[:max(0, spec.launch.max_parallel - jobs_at_work(states))]
                 submit(spec, paths, start, storage, "local", submitted)
                 queue = queue[len(start):]
         progress.update(states)

@@ -82,7 +82,9 @@ class LaunchSpec:
     Attributes:
         executor: ``slurm`` (a job array, one task per trial), ``local`` (subprocesses on this machine) or
             ``debug`` (in the driver's process, one after another).
-        max_parallel: trials running at once with the local executor.
+        max_parallel: jobs running at once with the local executor.
+        seeds_per_job: seeds of one grid point that one job trains one after another (1: a job per trial). On one
+            GPU, more than one saves each later seed the compile and the data loading that the first one did.
         storage: Optuna storage URL: ``sqlite:///path.db`` (default: under the sweep's work folder),
             ``postgresql://...``, or ``journal:///path.log`` (Optuna's journal file, safe on shared file systems).
         slurm: resources for the slurm executor.
@@ -91,6 +93,7 @@ class LaunchSpec:
 
     executor: Literal["slurm", "local", "debug"] = "local"
     max_parallel: int = 1
+    seeds_per_job: int = 1
     storage: str | None = None
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
     gpu_name: str = "H100"
@@ -101,6 +104,8 @@ class LaunchSpec:
             raise ConfigError("executor", f"unknown {self.executor!r} (slurm, local or debug)")
         if self.max_parallel < 1:
             raise ConfigError("max_parallel", f"must be >= 1, got {self.max_parallel}")
+        if self.seeds_per_job < 1:
+            raise ConfigError("seeds_per_job", f"must be >= 1, got {self.seeds_per_job}")
         if not 0 < self.assumed_mfu <= 1:
             raise ConfigError("assumed_mfu", f"must lie in (0, 1], got {self.assumed_mfu}")
 

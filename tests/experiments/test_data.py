@@ -38,6 +38,22 @@ def test_file_sources_read_every_document(tmp_path):
         list(iter_file_documents(tmp_path / "bad.jsonl"))
 
 
+def test_a_folder_interleaves_its_files_by_size(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name, n in (("a-small.jsonl", 100), ("b-large.jsonl", 300)):  # same-sized lines: bytes ~ documents
+        with open(folder / name, "w") as f:
+            f.writelines(json.dumps({"text": f"{name} document {i:04d}"}) + "\n" for i in range(n))
+    got = list(iter_file_documents(folder))
+    assert len(got) == 400
+    for cut in (40, 100, 200):  # every prefix holds both files at their shares (1:3), not the first file by name
+        small = sum(d.startswith("a-small") for d in got[:cut])
+        assert abs(small - cut / 4) <= 2, (cut, small)
+    assert [d for d in got if d.startswith("b-large")] == [f"b-large.jsonl document {i:04d}" for i in range(300)]
+    assert list(iter_file_documents(folder / "a-small.jsonl")) == [f"a-small.jsonl document {i:04d}"
+                                                                   for i in range(100)]
+
+
 def test_document_split_is_disjoint_stable_and_recorded(tmp_path):
     folder = write_sources(tmp_path / "corpus")
     cfg = DataConfig(source="files", path=str(folder), vocab_size=300, seq_len=16, val_fraction=0.2,

@@ -50,10 +50,29 @@ def test_tiny_trial_completes_and_learns(trained):
     assert set(m["val_loss_by_category"]) <= set(m["data"]["categories"])
     # 60 steps: the steady rate leaves out the first 10 (start-up), the overall rate counts them
     assert m["tokens_per_second_steady"] > 0 and m["tokens_per_second"] > 0
+    assert m["startup_s"] > 0 and m["warmup_s"] is not None and m["warmup_s"] < record["wall_time_s"]
     path = root / "results" / "_runs" / "runs" / f"{record['run_id']}.json"
     assert read_run_record(path)["run_id"] == record["run_id"] == trial_id(resolve(trial))
     checkpoints = root / "runs" / "_runs" / record["run_id"] / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt", "last.previous.ckpt"]
+
+
+@pytest.mark.parametrize("compile_", [
+    pytest.param(True, id="compiled"),
+    pytest.param("cudagraphs", id="cuda-graphs",
+                 marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU"))])
+def test_a_compiled_trial_learns_as_the_eager_one(tmp_path, compile_):
+    """``train.compile`` changes how the steps run, never what they compute: the compiled trial (replayed as CUDA
+    graphs on a GPU) follows the eager trial's validation curve on the same device."""
+    curves = {}
+    for mode in (False, compile_):
+        trial = trial_from_dict(tiny(train={"compile": mode, "accelerator": "auto"}, sweep=f"compile-{mode}"))
+        record = run_trial(trial, results=tmp_path / "results", workdir=tmp_path / "runs")
+        assert record["status"] == "completed", record["reason"]
+        curves[mode] = [loss for _, loss in record["metrics"]["val_curve"]]
+    eager, compiled = curves[False], curves[compile_]
+    assert len(eager) == len(compiled) == 3 and eager[-1] < 0.9 * eager[0]
+    assert max(abs(a - b) for a, b in zip(eager, compiled)) < 0.02 * eager[-1], curves
 
 
 def test_record_accounting_equals_the_trained_model(trained):

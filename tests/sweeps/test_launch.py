@@ -279,6 +279,37 @@ def test_local_jobs_split_the_machines_cores_and_slurm_jobs_keep_their_own(tmp_p
                                          "launch": {"executor": "local", "max_parallel": 3}}))
     spec = load_spec(spec_path)
     paths = SweepPaths(tmp_path / "results", tmp_path / "runs", spec.name)
-    local = _jobs(spec, expand(spec), paths, "sqlite://", "local")
+    batches = [[p] for p in expand(spec)]
+    local = _jobs(spec, batches, paths, "sqlite://", "local")
     assert {j.threads for j in local} == {max(1, os.cpu_count() // 3)}
-    assert {j.threads for j in _jobs(spec, expand(spec), paths, "sqlite://", "slurm")} == {None}
+    assert {j.threads for j in _jobs(spec, batches, paths, "sqlite://", "slurm")} == {None}
+
+
+def test_a_job_trains_a_points_seeds_one_after_another(tmp_path):
+    """``seeds_per_job: 2``: seeds 0 and 1 of the point share a process, seed 2 has its own; each gets its own
+    record, and the jobs count against max_parallel, not their trials."""
+    from sweeps.launch import job_batches
+
+    spec_path = write_spec(tmp_path, "grouped", "local", steps=6)
+    raw = yaml.safe_load(spec_path.read_text())
+    raw["launch"].update({"max_parallel": 1, "seeds_per_job": 2})
+    spec_path.write_text(yaml.safe_dump(raw))
+    spec = load_spec(spec_path)
+    assert [[p.trial.seed for p in b] for b in job_batches(spec, expand(spec))] == [[0, 1], [2]]
+    said = []
+    outcome = run_sweep(spec_path, results=tmp_path / "results", workdir=tmp_path / "runs", analyse=False,
+                        poll_s=0.5, timeout_s=600, echo=said.append)
+    assert outcome.count("completed") == 3, said
+    ledger = read_ledger_at(tmp_path / "runs" / "grouped")
+    jobs = [ledger[p.run_id]["job_id"] for p in expand(spec)]
+    assert jobs[0] == jobs[1] != jobs[2]
+    assert {r["seed"] for r in records(tmp_path, "grouped").values()} == {0, 1, 2}
+
+
+def test_a_job_pickled_by_an_older_driver_still_runs_its_trial():
+    from sweeps.launch import TrialJob
+
+    job = TrialJob.__new__(TrialJob)
+    job.__setstate__({"trial": {"seed": 1}, "params": {"seed": 1}, "choices": {}, "results": "r", "workdir": "w",
+                      "storage": "sqlite://"})
+    assert job.trials == [{"seed": 1}] and job.params == [{"seed": 1}] and job.threads is None
