@@ -385,7 +385,10 @@ def u_model_choice(x, y, seeds=None, level: float = LEVEL, n_boot: int = 2000, s
       0.79-0.89 of 150 draws, this scheme in 0.89-0.97 (quadratic, asymmetric and LINEX laws, with and without
       seed offsets of twice the noise);
     * ``runs within rho``: every point has two or more runs, seeds not paired: runs resampled within each point;
-    * ``residuals``: some point has one run: residuals of the chosen law, resampled across runs (model-based).
+    * ``residuals``: some point has one run: residuals of the chosen law, resampled across runs (model-based). A
+      law that bends toward single-run points leaves residuals smaller than the seed noise that moved them, so
+      where points of two or more runs measure that noise (the pooled seed sd), residuals whose root mean square
+      falls below it are scaled up to it, never down (scheme ``residuals, raised to the seed sd``).
 
     Resampled deviations are scaled so that a resampled point mean has the variance of the observed one (Davison
     and Hinkley 1997, "modified residuals"): sqrt(S J / ((S - 1)(J - 1))) for seed-and-rho-centred deviations
@@ -435,7 +438,7 @@ def u_model_choice(x, y, seeds=None, level: float = LEVEL, n_boot: int = 2000, s
     chosen = min(candidates, key=lambda m: candidates[m]["aicc"])
 
     rng = np.random.default_rng(seed)
-    scheme, units, xb, wb, Yb = _seed_resamples(x, y, point, xp, n_j, mean_j, w_j, seeds,
+    scheme, units, xb, wb, Yb = _seed_resamples(x, y, point, xp, n_j, mean_j, sd_j, w_j, seeds,
                                                 (chosen, np.asarray(candidates[chosen]["params"])), n_boot, rng)
     refit = choose_laws(xb, Yb, wb, lo, hi, names)
     boot, pick, draws, inside, y_min = (refit[k] for k in ("fits", "pick", "rho_star", "interior", "loss_at_min"))
@@ -503,7 +506,7 @@ def _law_coefficients(model: str, params, x, y, w, level: float) -> dict:
     return coefficients(res, list(U_MODELS[model]["params"]), level)
 
 
-def _seed_resamples(x, y, point, xp, n_j, mean_j, w_j, seeds, chosen, n_boot: int, rng):
+def _seed_resamples(x, y, point, xp, n_j, mean_j, sd_j, w_j, seeds, chosen, n_boot: int, rng):
     """(scheme, units resampled, x, weights, Y (n_boot, n)) of the seed bootstrap (see u_model_choice)."""
     J = len(xp)
     if seeds is not None and (n_j >= 2).all():
@@ -530,7 +533,10 @@ def _seed_resamples(x, y, point, xp, n_j, mean_j, w_j, seeds, chosen, n_boot: in
     fit = u_predict(model, params, x)
     n, p = len(x), len(params)
     resid = (y - fit) * math.sqrt(n / (n - p))
-    return "residuals", n, x, w_j[point], fit + resid[rng.integers(0, n, (n_boot, n))]
+    scheme, floor, rms = "residuals", pooled_sd(n_j, sd_j), math.sqrt(float(np.mean(resid ** 2)))
+    if floor and rms < floor:
+        scheme, resid = "residuals, raised to the seed sd", resid * (floor / max(rms, 1e-300))
+    return scheme, n, x, w_j[point], fit + resid[rng.integers(0, n, (n_boot, n))]
 
 
 # --- log-scale laws -----------------------------------------------------------------------------------------------

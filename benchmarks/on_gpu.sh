@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU runs behind results/README.md's 2026-12-03 entry, for an offline GPU machine that receives a copy of the
-# repository: Python wheels it lacks in .whl/, the ladder's text in .data/english and .data/heldout (copied to
+# repository: Python wheels it lacks in .whl/ (optuna alembic sqlalchemy colorlog mako submitit cloudpickle filelock
+# pytest pluggy iniconfig packaging pygments, for its Python), the ladder's text in .data/english and .data/heldout (copied to
 # ../corpora, where the spec reads it); records are written under runs/ and packed into $OUT (default runs/gpu).
 #
+#   bash benchmarks/on_gpu.sh check              # the trainer's GPU paths against the plain eager one (pytest)
 #   bash benchmarks/on_gpu.sh profile            # benchmarks/profile_step.py
 #   bash benchmarks/on_gpu.sh throughput [ARGS]  # benchmarks/sweep_throughput.py
 #   bash benchmarks/on_gpu.sh ladder SECONDS      # the allocation ladder, resumed, for at most SECONDS
@@ -24,6 +26,8 @@ if [ "${MPS:-0}" = 1 ]; then
   nvidia-cuda-mps-control -d && trap 'echo quit | nvidia-cuda-mps-control' EXIT
 fi
 case "${1:-}" in
+  check)
+    python3 -m pytest -q -p no:cacheprovider tests/experiments/test_train.py -k plain_eager 2>&1 | tee "$OUT/check.log" ;;
   profile)
     python3 benchmarks/profile_step.py "${@:2}" 2>&1 | grep -v -i "warn\|srun\|litlogger" | tee "$OUT/profile_step.log"
     cp results/benchmarks/profile_step.json "$OUT/" ;;
@@ -39,5 +43,5 @@ case "${1:-}" in
     pkill -f submitit.local._local  # the machine is handed back after this: a later driver resumes these trials
     grep -a -v "Epoch\|Training\|Validation" "$OUT/ladder.log" | tail -n 40
     tar czf "$OUT/ladder-records.tgz" -C runs/gpu-results . ;;
-  *) echo "usage: $0 profile | throughput [ARGS] | ladder SECONDS"; exit 2 ;;
+  *) echo "usage: $0 check | profile | throughput [ARGS] | ladder SECONDS"; exit 2 ;;
 esac

@@ -64,7 +64,7 @@ class TrainConfig:
         compile: ``torch.compile`` the model's loss (Engram's lookup stays eager); ``cudagraphs`` compiles it into
             CUDA graphs too (``mode="reduce-overhead"``): a small model's step is otherwise bound by kernel launches.
             Not yet shown to train correctly: ladder trials trained with it on an H200 stalled at the unigram
-            entropy (results/README.md, 2026-12-03); ``pytest tests/experiments/test_train.py -k compiled_trial``
+            entropy (results/README.md, 2026-12-03); ``pytest tests/experiments/test_train.py -k plain_eager``
             on a GPU compares it with the eager trial.
         accelerator: ``auto``, ``cpu`` or ``gpu``.
         devices: devices per node, one process each (data parallel when ``devices * num_nodes > 1``).

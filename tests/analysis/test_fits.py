@@ -205,6 +205,25 @@ def test_single_runs_fall_back_to_residual_resampling_and_few_points_leave_laws_
         "cubic", "asymmetric"}  # 4 rho values leave no lack-of-fit df for a 4-parameter law
 
 
+def test_residuals_smaller_than_the_measured_seed_noise_are_raised_to_it():
+    """Single runs on the law, three points repeated 0.06 apart: the chosen law's residuals (root mean square
+    0.026 after the n / (n - p) scaling) understate the seed sd the pairs measure (0.0424), so the resamples'
+    deviations are scaled up to it."""
+    rhos = np.array([0.2, 0.4, 0.6, 0.7, 0.8, 0.8, 0.9, 0.9, 0.95, 1.0, 1.0])
+    law = quadratic_law(1.8, 0.6, 0.5)
+    y = law(rhos) + np.array([0, 0, 0, 0, 0.03, -0.03, 0.03, -0.03, 0, 0.03, -0.03])
+    xp, point = np.unique(rhos, return_inverse=True)
+    n_j = np.bincount(point)
+    mean_j = np.bincount(point, y) / n_j
+    sd_j = np.sqrt(np.bincount(point, (y - mean_j[point]) ** 2) / np.maximum(n_j - 1, 1))
+    params = np.polyfit(rhos, y, 2)[::-1]
+    scheme, _, _, _, Yb = stats._seed_resamples(rhos, y, point, xp, n_j, mean_j, sd_j, np.ones(len(xp)), None,
+                                                 ("quadratic", params), 4000, np.random.default_rng(0))
+    assert scheme == "residuals, raised to the seed sd"
+    deviations = Yb - stats.u_predict("quadratic", params, rhos)
+    assert math.sqrt(float(np.mean(deviations ** 2))) == pytest.approx(0.03 * math.sqrt(2), rel=0.03)
+
+
 def test_the_noise_floor_is_the_seed_spread_at_each_rho():
     f = _law_choice(quadratic_law(1.8, 0.6, 0.5), seeds=4, noise=0.02)
     nf = f["noise_floor"]

@@ -57,22 +57,29 @@ def test_tiny_trial_completes_and_learns(trained):
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt", "last.previous.ckpt"]
 
 
-@pytest.mark.parametrize("compile_", [
-    pytest.param(True, id="compiled"),
-    pytest.param("cudagraphs", id="cuda-graphs",
-                 marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU"))])
-def test_a_compiled_trial_learns_as_the_eager_one(tmp_path, compile_):
-    """``train.compile`` changes how the steps run, never what they compute: the compiled trial (replayed as CUDA
-    graphs on a GPU) follows the eager trial's validation curve on the same device."""
+ON_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("compile_, fused", [
+    pytest.param(True, None, id="compiled"),
+    pytest.param(False, True, id="fused-adamw", marks=ON_GPU),
+    pytest.param("cudagraphs", True, id="cuda-graphs", marks=ON_GPU)])
+def test_a_trial_learns_as_the_plain_eager_one(tmp_path, monkeypatch, compile_, fused):
+    """Compilation, CUDA graphs and the fused optimizer change how the steps run, never what they compute: each
+    follows the validation curve of the eager trial with the per-parameter optimizer, on the same device (the
+    GPU cases run where there is one: ``pytest tests/experiments/test_train.py -k plain_eager``)."""
+    from experiments import optim
+
     curves = {}
-    for mode in (False, compile_):
-        trial = trial_from_dict(tiny(train={"compile": mode, "accelerator": "auto"}, sweep=f"compile-{mode}"))
-        record = run_trial(trial, results=tmp_path / "results", workdir=tmp_path / "runs")
+    for name, mode, fuse in (("reference", False, None), ("variant", compile_, fused)):
+        monkeypatch.setattr(optim, "_fusable", lambda params, fuse=fuse: fuse)
+        trial = trial_from_dict(tiny(train={"compile": mode, "accelerator": "auto"}))
+        record = run_trial(trial, results=tmp_path / name / "results", workdir=tmp_path / name / "runs")
         assert record["status"] == "completed", record["reason"]
-        curves[mode] = [loss for _, loss in record["metrics"]["val_curve"]]
-    eager, compiled = curves[False], curves[compile_]
-    assert len(eager) == len(compiled) == 3 and eager[-1] < 0.9 * eager[0]
-    assert max(abs(a - b) for a, b in zip(eager, compiled)) < 0.02 * eager[-1], curves
+        curves[name] = [loss for _, loss in record["metrics"]["val_curve"]]
+    reference, variant = curves["reference"], curves["variant"]
+    assert len(reference) == len(variant) == 3 and reference[-1] < 0.9 * reference[0]
+    assert max(abs(a - b) for a, b in zip(reference, variant)) < 0.02 * reference[-1], curves
 
 
 def test_record_accounting_equals_the_trained_model(trained):
