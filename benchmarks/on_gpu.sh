@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# The GPU runs behind results/README.md's 2026-12-03 entry, for an offline GPU machine that receives a copy of the
+# The GPU runs behind results/README.md's 2026-12-03 entries, for an offline GPU machine that receives a copy of the
 # repository: Python wheels it lacks in .whl/ (optuna alembic sqlalchemy colorlog mako submitit cloudpickle filelock
-# pytest pluggy iniconfig packaging pygments, for its Python), the ladder's text in .data/english and .data/heldout (copied to
-# ../corpora, where the spec reads it); records are written under runs/ and packed into $OUT (default runs/gpu).
+# pytest pluggy iniconfig packaging pygments, for its Python), the ladder's text in .data/english and .data/heldout
+# (copied to ../corpora, where the spec reads it); records are written under runs/ and packed into $OUT.
 #
 #   bash benchmarks/on_gpu.sh check              # the trainer's GPU paths against the plain eager one (pytest)
 #   bash benchmarks/on_gpu.sh profile            # benchmarks/profile_step.py
 #   bash benchmarks/on_gpu.sh throughput [ARGS]  # benchmarks/sweep_throughput.py
 #   bash benchmarks/on_gpu.sh ladder SECONDS      # the allocation ladder, resumed, for at most SECONDS
-#   MPS=1 bash benchmarks/on_gpu.sh ladder ...    # its trials' kernels run concurrently (CUDA MPS, started here)
 set -uo pipefail
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
@@ -19,11 +18,6 @@ fi
 export PYTHONPATH=.:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 if [ ! -d ../corpora/english ] && [ -d .data/english ]; then  # the ladder's text (its spec says how it is built)
   mkdir -p ../corpora && cp -r .data/english .data/heldout ../corpora/
-fi
-if [ "${MPS:-0}" = 1 ]; then
-  export CUDA_MPS_PIPE_DIRECTORY=/tmp/engram-mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/engram-mps/log
-  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  nvidia-cuda-mps-control -d && trap 'echo quit | nvidia-cuda-mps-control' EXIT
 fi
 case "${1:-}" in
   check)

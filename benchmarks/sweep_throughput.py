@@ -18,6 +18,7 @@ job compiles the point's shapes; the later ones reuse them).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -93,11 +94,7 @@ def run_mode(mode: str, args, folder: Path) -> tuple[dict, list[dict]]:
     spec_path = slice_spec(folder, f"throughput-{mode}", args.budget, args.rho)
     started = time.time()
     try:
-        if mode == "mps":
-            with MPS(work / "mps"):
-                outcome = run_sweep(spec_path, results=work / "results", workdir=work / "runs", analyse=False,
-                                    poll_s=1.0, timeout_s=args.timeout, echo=print)
-        else:
+        with MPS(work / "mps") if mode == "mps" else contextlib.nullcontext():
             outcome = run_sweep(spec_path, results=work / "results", workdir=work / "runs", analyse=False,
                                 poll_s=1.0, timeout_s=args.timeout, echo=print)
     except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as err:

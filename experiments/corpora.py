@@ -592,7 +592,7 @@ def build_corpus(name: str, out_dir: str | Path, cache: str | Path | None = None
     stats = BuildStats()
     target = out_dir / f"{name}.jsonl.gz"
     _write_gzip(target, (json.dumps({"text": text}, ensure_ascii=False) + "\n"
-                                for text in documents(corpus, roots, stats)))
+                         for text in documents(corpus, roots, stats)))
     if stats.kept == 0:
         target.unlink()
         raise CorpusError(f"corpus {name}: no document survived selection in {', '.join(d.name for d in debs)}")

@@ -53,7 +53,8 @@ def _text_bytes(f: Path) -> int:
 
 def _file_documents(f: Path, text_field: str, txt_split: str) -> Iterator[tuple[str, float]]:
     """(document, share of the file read so far) pairs of one file."""
-    if _base_suffix(f) == ".parquet":
+    kind = _base_suffix(f)
+    if kind == ".parquet":
         import pyarrow.parquet as pq
 
         rows = pq.read_table(f, columns=[text_field]).column(text_field).to_pylist()
@@ -61,7 +62,7 @@ def _file_documents(f: Path, text_field: str, txt_split: str) -> Iterator[tuple[
         return
     size, done = max(_text_bytes(f), 1), 0
     with (gzip.open(f, "rb") if f.suffix == ".gz" else open(f, "rb")) as fh:
-        if txt_split == "file" and _base_suffix(f) == ".txt":
+        if txt_split == "file" and kind == ".txt":
             text = fh.read().decode("utf-8").strip()
             if text:
                 yield text, 1.0
@@ -70,7 +71,7 @@ def _file_documents(f: Path, text_field: str, txt_split: str) -> Iterator[tuple[
         for n, raw in enumerate(fh, 1):
             done += len(raw)
             line = raw.decode("utf-8").replace("\r\n", "\n")
-            if _base_suffix(f) in (".jsonl", ".json"):
+            if kind in (".jsonl", ".json"):
                 if line.strip():
                     try:
                         text = json.loads(line)[text_field]

@@ -378,15 +378,14 @@ def job_batches(spec: SweepSpec, todo: list[PlannedTrial]) -> list[list[PlannedT
     n, axis = spec.launch.seeds_per_job, spec.seed_axis
     if n == 1 or axis is None:
         return [[p] for p in todo]
-    groups: dict[str, list[list[PlannedTrial]]] = {}
+    filling: dict[str, list[PlannedTrial]] = {}  # each point's batch that still has room
     batches = []
     for p in todo:
         point = json.dumps({k: v for k, v in p.axes.items() if k != axis.name}, sort_keys=True, default=str)
-        open_ = groups.setdefault(point, [])
-        if not open_ or len(open_[-1]) == n:
-            open_.append([])
-            batches.append(open_[-1])
-        open_[-1].append(p)
+        if point not in filling or len(filling[point]) == n:
+            filling[point] = []
+            batches.append(filling[point])
+        filling[point].append(p)
     return batches
 
 
