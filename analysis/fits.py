@@ -196,7 +196,8 @@ def _noise_floor(points: pd.DataFrame) -> dict:
 
 
 RESAMPLED = {"paired seeds": "seeds within each rho, seed offsets removed", "runs within rho": "runs within each rho",
-             "residuals": "residuals (a rho has a single run)"}
+             "residuals": "residuals (a rho has a single run)",
+             "residuals, raised to the seed sd": "residuals scaled up to the seed-to-seed sd (a rho has a single run)"}
 
 
 def _u_verdict(f: dict, level: float) -> str:

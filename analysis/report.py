@@ -48,13 +48,13 @@ def build_report(df: pd.DataFrame, fits: dict, figures: dict[str, list[Path]], c
     title = ", ".join(fits["sweeps"]) or "(no sweep)"
     parts = [f"# Reproduction report: {title}\n",
              "Regenerated from stored records by `engram-lab report`; do not edit by hand.\n",
-             _summary(fits, claim_results), _data(df, fits), _laws(fits), _comparison(claim_results),
+             _summary(fits, claim_results, df), _data(df, fits), _laws(fits), _comparison(claim_results),
              "## Probes\n\n" + probes.summary_markdown(list(probe_records)), _figures(figures, Path(out_path).parent),
              _run_table(df), _methods(fits)]
     return "\n".join(parts)
 
 
-def _summary(fits: dict, results: list[dict]) -> str:
+def _summary(fits: dict, results: list[dict], df: pd.DataFrame) -> str:
     counts = {v: sum(r["verdict"] == v for r in results) for v in (SUPPORTS, CONTRADICTS, CANNOT)}
     r = fits["runs"]
     lines = ["## Summary\n",
@@ -63,6 +63,10 @@ def _summary(fits: dict, results: list[dict]) -> str:
              f"- Paper claims checked: {len(results)}: **{counts[SUPPORTS]} supported**, "
              f"**{counts[CONTRADICTS]} contradicted**, **{counts[CANNOT]} cannot tell**.",
              f"- Intervals are {round(fits['level'] * 100)}% two-sided throughout."]
+    stalled = len(unlearned_runs(df))
+    if stalled:
+        lines.append(f"- **{stalled} completed runs learned no context** (validation loss at or above the unigram "
+                     "entropy): see Data.")
     for key in ("u_curve", "u_curve_heldout", "memory_scaling", "placement", "ablation"):
         if fits.get(key) is not None:
             lines.append(f"- {key}: {fits[key]['verdict']}")
@@ -78,6 +82,12 @@ def _data(df: pd.DataFrame, fits: dict) -> str:
     if bad:
         lines.append("Runs left out of every fit (kept in the run table):\n")
         lines.append(tables.to_markdown(pd.DataFrame(bad)))
+    stalled = unlearned_runs(df)
+    if not stalled.empty:
+        lines.append("Completed runs whose validation loss ended at or above the unigram entropy of their validation "
+                     "text: they learned token frequencies and no context, which points at the trainer, not the "
+                     "model (they stay in the fits):\n")
+        lines.append(tables.to_markdown(stalled))
     if fits.get("orphan_evals"):
         lines.append(f"Eval records without a run record (not in the table): {', '.join(fits['orphan_evals'])}.\n")
     lines.append(_noise_floor(df))
@@ -93,6 +103,16 @@ def _data(df: pd.DataFrame, fits: dict) -> str:
         lines.append("Allocation budgets as trained (the paper keeps P_tot / P_act ~ 10 at 5.7B and 9.9B total):\n")
         lines.append(tables.to_markdown(acc))
     return "\n".join(lines) + "\n"
+
+
+def unlearned_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """Completed runs whose final validation loss is not below the unigram entropy of their validation text."""
+    if df.empty or not {"metrics.val_loss", "metrics.unigram_entropy"} <= set(df.columns):
+        return pd.DataFrame()
+    done = df[df["status"] == "completed"]
+    stalled = done[done["metrics.val_loss"] >= done["metrics.unigram_entropy"]]
+    return stalled[["run_id", "sweep", "metrics.val_loss", "metrics.unigram_entropy"]].rename(
+        columns={"metrics.val_loss": "val_loss", "metrics.unigram_entropy": "unigram_entropy"})
 
 
 def _noise_floor(df: pd.DataFrame) -> str:

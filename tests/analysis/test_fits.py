@@ -222,6 +222,15 @@ def test_residuals_smaller_than_the_measured_seed_noise_are_raised_to_it():
     assert scheme == "residuals, raised to the seed sd"
     deviations = Yb - stats.u_predict("quadratic", params, rhos)
     assert math.sqrt(float(np.mean(deviations ** 2))) == pytest.approx(0.03 * math.sqrt(2), rel=0.03)
+    # and the fit's verdict says so
+    runs = simulate_u_curve(np.random.default_rng(0), {"b": law}, NINE, seeds=2, noise=0.0)
+    runs = [r for r in runs if r["seed"] == 0 or r["axes"]["rho"] in (0.2, 0.6, 1.0)]
+    for r in runs:
+        if r["axes"]["rho"] in (0.2, 0.6, 1.0):
+            r["metrics"]["val_loss"] += 0.03 if r["seed"] else -0.03
+    f = fits.fit_u_curve_group(frame_from_records(runs), n_boot=200, seed=0)
+    assert f["optimum"]["bootstrap"]["scheme"] == "residuals, raised to the seed sd"
+    assert "residuals scaled up to the seed-to-seed sd" in f["verdict"]
 
 
 def test_the_noise_floor_is_the_seed_spread_at_each_rho():

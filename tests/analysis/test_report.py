@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from analysis import claims, paper_figures, report, tables
-from analysis.data import task_is
+from analysis.data import frame_from_records, task_is
 from analysis.simulate import (make_run_record, simulate_ablation, simulate_long_context, simulate_placement,
                                simulate_power_law, simulate_probes, simulate_u_curve, write_sweep)
 
@@ -124,3 +124,14 @@ def test_the_offline_packs_answer_the_benchmark_claims():
     assert matches("longctx.variable_tracking", "task_prefixes", "engram_vt_1024")
     assert matches("sensitivity.factual_vs_reading", "factual_prefixes", "engram_world_knowledge_cloze")
     assert matches("sensitivity.factual_vs_reading", "reading_prefixes", "engram_niah_single_512")
+
+
+def test_runs_that_learned_no_context_are_named():
+    runs = simulate_u_curve(np.random.default_rng(0), seeds=1, sweep=SWEEP)
+    stalled = runs[3]
+    stalled["metrics"]["val_loss"] = stalled["metrics"]["unigram_entropy"]  # token frequencies, nothing more
+    df = frame_from_records(runs)
+    assert list(report.unlearned_runs(df)["run_id"]) == [stalled["run_id"]]
+    text = report._data(df, {"sweeps": [SWEEP], "runs": {"excluded_runs": []}})
+    assert "learned token frequencies and no context" in text and stalled["run_id"] in text
+    assert report.unlearned_runs(frame_from_records(runs[4:])).empty

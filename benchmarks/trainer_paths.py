@@ -1,0 +1,97 @@
+"""Does a ladder trial learn the same way on every path the trainer can take on a GPU?
+
+One point of ``sweeps/specs/allocation_ladder.yaml`` (a budget level, a rho, seed 0) trained in this process once per
+path, on the same text, each from scratch:
+
+  eager         the reference: no compilation, torch's per-parameter (foreach) Adam/AdamW, bf16 autocast
+  eager-fp32    the same in full fp32 precision
+  fused-adamw   eager with the fused Adam/AdamW kernels the trainer picks on a GPU
+  compiled      ``train.compile: true`` with fused Adam/AdamW
+  cuda-graphs   ``train.compile: cudagraphs`` with fused Adam/AdamW
+
+Prints each path's validation curve, its final loss against the reference's (the ratio) and against the unigram
+entropy (a model at the unigram entropy has learned token frequencies and nothing of context), and its steady rate.
+
+    PYTHONPATH=. python3 benchmarks/trainer_paths.py --budget 2e14 --rho 0.8
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import smoke, table, write_result
+
+REPO = Path(__file__).resolve().parents[1]
+LADDER = REPO / "sweeps" / "specs" / "allocation_ladder.yaml"
+PATHS = {  # name: (train.compile, fused optimizer, precision)
+    "eager": (False, None, "auto"),
+    "eager-fp32": (False, None, "32"),
+    "fused-adamw": (False, True, "auto"),
+    "compiled": (True, True, "auto"),
+    "cuda-graphs": ("cudagraphs", True, "auto"),
+}
+
+
+def ladder_trial(budget: str, rho: float):
+    from sweeps.spec import expand, load_spec
+
+    for planned in expand(load_spec(LADDER)):
+        if planned.axes["budget"] == budget and planned.axes["rho"] == rho and planned.axes["seed"] == 0:
+            return planned.trial
+    raise SystemExit(f"no point budget={budget} rho={rho} in {LADDER}")
+
+
+def train(trial, path: str, folder: Path) -> dict:
+    from experiments import optim
+    from experiments.train import run_trial
+
+    compile_, fused, precision = PATHS[path]
+    train_cfg = dataclasses.replace(trial.train, compile=compile_, precision=precision)
+    fusable = optim._fusable
+    optim._fusable = lambda params: fused and fusable(params)  # None: torch's default (foreach) kernels
+    try:
+        record = run_trial(dataclasses.replace(trial, train=train_cfg, sweep=f"paths-{path}"),
+                           results=folder / "results", workdir=folder / "runs")
+    finally:
+        optim._fusable = fusable
+    m = record["metrics"]
+    return {"path": path, "status": record["status"], "reason": record.get("reason"),
+            "val_loss": m.get("val_loss"), "unigram_entropy": m.get("unigram_entropy"),
+            "train_loss": m.get("train_loss"), "curve": [round(v, 3) for _, v in m.get("val_curve", [])],
+            "steady tok/s": m.get("tokens_per_second_steady"), "mfu": m.get("mfu"), "wall_s": record["wall_time_s"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--budget", default="2e14", help="a budget level of the ladder spec")
+    ap.add_argument("--rho", type=float, default=0.8)
+    ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
+    ap.add_argument("--eval-every-tokens", type=float, default=1e6)
+    args = ap.parse_args()
+    trial = ladder_trial(args.budget, args.rho)
+    train_cfg = dataclasses.replace(trial.train, eval_every_tokens=int(args.eval_every_tokens))
+    if smoke():  # the script's own check on a CPU
+        trial = dataclasses.replace(trial, data=dataclasses.replace(trial.data, tokenizer_docs=2000,
+                                                                    max_train_tokens=500000))
+        train_cfg = dataclasses.replace(train_cfg, compute=5e11, eval_every_tokens=100_000, val_tokens=16384)
+        args.paths = [p for p in args.paths if PATHS[p][1] is None]  # fused kernels need a GPU
+    trial = dataclasses.replace(trial, train=train_cfg)
+    rows = []
+    with tempfile.TemporaryDirectory(dir=REPO / "runs" if (REPO / "runs").is_dir() else None) as tmp:
+        for path in args.paths:
+            rows.append(train(trial, path, Path(tmp)))
+            print(rows[-1], flush=True)
+    reference = rows[0]["val_loss"]
+    for row in rows:
+        row["vs_" + rows[0]["path"]] = row["val_loss"] / reference if row["val_loss"] and reference else None
+        row["above_unigram"] = row["val_loss"] - row["unigram_entropy"] if row["val_loss"] else None
+    print(table(rows, ["path", "status", "val_loss", "vs_" + rows[0]["path"], "above_unigram", "steady tok/s",
+                       "mfu", "wall_s"]))
+    write_result("trainer_paths", {"budget": args.budget, "rho": args.rho, "paths": rows})
+
+
+if __name__ == "__main__":
+    main()
