@@ -43,7 +43,7 @@ def format_plan(spec: SweepSpec, rows: list[dict]) -> str:
     head = (f"{'run_id':<12}  {'point':<36} {'rho':>6} {'experts':>7} {'slots':>10} {'P_tot':>12} {'P_act':>11} "
             f"{'tokens':>12} {'FLOPs':>9} {'GPU-h':>7}")
     lines = [f"sweep {spec.name}: {len(rows)} trials = {seeds_per_point(rows)} ({spec.experiment}); GPU-hours at "
-             f"{spec.launch.assumed_mfu:.0%} MFU of one {spec.launch.gpu_name}", head]
+             f"{spec.launch.assumed_mfu * 100:g}% MFU of one {spec.launch.gpu_name}", head]
     for r in rows:
         rho = "-" if r["rho"] is None else f"{r['rho']:.3f}"
         lines.append(f"{r['run_id']:<12}  {r['point'][:36]:<36} {rho:>6} {r['experts']:>7} {r['engram_slots']:>10,} "

@@ -9,6 +9,10 @@ for n seeds is the 95th percentile of |estimated rho* - true rho*| over the simu
 with n seeds at each point reaches 95 times in 100. A simulated sweep whose chosen law has its minimum at a range end
 (no interior optimum) misses by an infinite amount. The random draws are seeded: the same inputs give the same
 answer.
+
+Where the planned values do not reach the target with the simulated seed counts, the count is extrapolated as
+1/sqrt(seeds) unless the +- has stopped shrinking that way (a flat bottom or the grid's spacing then sets it, not the
+noise), and the same simulation runs on the grid refined around the curve's minimum (:func:`refined_grid`).
 """
 
 from __future__ import annotations
@@ -74,6 +78,12 @@ class Power:
     half_widths: dict[int, float]  # seeds per point -> +- on rho*
     needed: int | None  # the fewest seeds per point that reach the target, up to the largest simulated count
     extrapolated: int | None  # past that count: the count that 1/sqrt(seeds) scaling from it gives
+    levels_off: bool = False  # the +- fell clearly slower than 1/sqrt(seeds) over the last doubling: no extrapolation
+
+
+# over the last doubling of seeds a +- that shrinks by less than 1/sqrt(2) times this is levelling off: the grid's
+# spacing or the flat bottom of the curve, not the noise, sets it
+LEVELLING = 1.15
 
 
 def power(rhos, curve: Curve, noise: float, target: float = TARGET, seed_counts=SEED_COUNTS) -> Power:
@@ -87,10 +97,21 @@ def power(rhos, curve: Curve, noise: float, target: float = TARGET, seed_counts=
         needed = next(n for n in range(below + 1, reached[0] + 1)
                       if n == reached[0] or half_width(rhos, curve, noise, n) <= target)
         return Power(widths, needed, None)
-    largest = seed_counts[-1]
-    if math.isfinite(widths[largest]):
-        return Power(widths, None, math.ceil(largest * (widths[largest] / target) ** 2))
-    return Power(widths, None, None)
+    last, largest = seed_counts[-2], seed_counts[-1]
+    if not math.isfinite(widths[largest]):
+        return Power(widths, None, None)
+    if widths[largest] > LEVELLING * widths[last] * math.sqrt(last / largest):
+        return Power(widths, None, None, levels_off=True)
+    return Power(widths, None, math.ceil(largest * (widths[largest] / target) ** 2))
+
+
+def refined_grid(rhos, rho_star: float) -> list[float]:
+    """``rhos`` with the midpoints of the neighbouring pairs that lie within two grid steps (the median spacing) of
+    ``rho_star``: where the minimum is, points locate it; far from it they mostly fix the arms."""
+    rhos = sorted(rhos)
+    step = float(np.median(np.diff(rhos)))
+    near = [(a + b) / 2 for a, b in zip(rhos, rhos[1:]) if max(abs(a - rho_star), abs(b - rho_star)) <= 2 * step]
+    return sorted(rhos + [round(m, 4) for m in near])
 
 
 # -- inputs: the plan and a pilot ---------------------------------------------------------------------------------
@@ -188,17 +209,35 @@ def power_report(spec: SweepSpec, planned: list[PlannedTrial], results: str | Pa
                          "locate, with any number of seeds")
             continue
         result = power(grid.rhos, curve, noise, target)
-        lines.append("  seeds    " + "".join(f"{n:>8}" for n in result.half_widths))
-        lines.append("  +-rho*   " + "".join(f"{w:>8.3f}" if math.isfinite(w) else f"{'none':>8}"
-                                             for w in result.half_widths.values()))
-        if result.needed is not None:
-            lines.append(f"  needed: {result.needed} seed{'s' if result.needed > 1 else ''} per point "
-                         f"(true rho* {true:.3f})")
-        elif result.extrapolated is not None:
-            lines.append(f"  needed: about {result.extrapolated} seeds per point (extrapolated from "
-                         f"{SEED_COUNTS[-1]} as 1/sqrt(seeds); true rho* {true:.3f})")
-        else:
-            lines.append(f"  needed: more than {SEED_COUNTS[-1]} seeds per point")
-        if not all(math.isfinite(w) for w in result.half_widths.values()):
-            lines.append(f"  (none: over {1 - LEVEL:.0%} of the simulated fits have no minimum)")
+        lines += _power_lines(result, true, target)
+        if result.needed is None and math.isfinite(result.half_widths[SEED_COUNTS[-1]]):
+            dense = refined_grid(grid.rhos, true)
+            added = sorted(set(dense) - set(grid.rhos))
+            if added:
+                lines.append(f"  refined around rho* {true:.3f} (adding rho {', '.join(f'{r:.2f}' for r in added)}; "
+                             f"{len(dense)} values):")
+                lines += _power_lines(power(dense, curve, noise, target), true, target, points=len(dense))
     return "\n".join(lines)
+
+
+def _power_lines(result: Power, true: float, target: float, points: int | None = None) -> list[str]:
+    lines = ["  seeds    " + "".join(f"{n:>8}" for n in result.half_widths),
+             "  +-rho*   " + "".join(f"{w:>8.3f}" if math.isfinite(w) else f"{'none':>8}"
+                                     for w in result.half_widths.values())]
+    if result.needed is not None:
+        trials = f", {result.needed * points} trials" if points else ""
+        lines.append(f"  needed: {result.needed} seed{'s' if result.needed > 1 else ''} per point{trials} "
+                     f"(true rho* {true:.3f})")
+    elif result.extrapolated is not None:
+        lines.append(f"  needed: about {result.extrapolated} seeds per point (extrapolated from "
+                     f"{SEED_COUNTS[-1]} as 1/sqrt(seeds); true rho* {true:.3f})")
+    elif result.levels_off:
+        (a, wa), (b, wb) = list(result.half_widths.items())[-2:]
+        lines.append(f"  needed: more than {b} seeds per point, and more seeds on these rho values are no sure way "
+                     f"to +-{target}: from {a} to {b} seeds the +- fell from {wa:.3f} to {wb:.3f}, slower than "
+                     f"1/sqrt(seeds) (true rho* {true:.3f})")
+    else:
+        lines.append(f"  needed: more than {SEED_COUNTS[-1]} seeds per point")
+    if not all(math.isfinite(w) for w in result.half_widths.values()):
+        lines.append(f"  (none: over {1 - LEVEL:.0%} of the simulated fits have no minimum)")
+    return lines

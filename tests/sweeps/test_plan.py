@@ -7,7 +7,7 @@ import yaml
 
 from analysis.simulate import quadratic_law, simulate_u_curve, write_sweep
 from engram_lab.cli import main
-from sweeps.power import Curve, half_width, paper_curve, power
+from sweeps.power import Curve, half_width, paper_curve, power, refined_grid
 
 from ..experiments.tiny import tiny
 
@@ -56,6 +56,19 @@ def test_past_sixteen_seeds_the_count_is_extrapolated():
     result = power(RHOS, paper_curve(), noise=0.015)
     assert result.needed is None and result.extrapolated > 16
     assert result.extrapolated == pytest.approx(16 * (result.half_widths[16] / 0.05) ** 2, abs=1)
+
+
+def test_where_more_seeds_stop_helping_a_grid_refined_around_the_minimum_does():
+    """The real-text ladder's 2e14 rung: a flat-bottomed asymmetric U (the law AICc chose for it, minimum 0.875) and
+    its seed sd. On nine rho values 0.1 apart the +- levels off near 0.10 (no 1/sqrt(seeds) extrapolation is made
+    from that); with the three midpoints next to the minimum added, a handful of seeds reach +-0.05."""
+    ladder = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    flat = Curve("asymmetric", np.array([4.0217, 0.1111, 7.7352, 0.8755]), "ladder 2e14")
+    coarse = power(ladder, flat, noise=0.0286)
+    assert coarse.needed is None and coarse.levels_off and coarse.extrapolated is None
+    dense = refined_grid(ladder, 0.8755)
+    assert dense == pytest.approx(sorted(ladder + [0.75, 0.85, 0.95]))
+    assert power(dense, flat, noise=0.0286).needed <= 8
 
 
 def test_a_curve_without_a_minimum_is_refused():
