@@ -55,13 +55,13 @@ def test_compiled_steps_follow_the_eager_steps(config, device, mode, batch, seq)
     torch.manual_seed(0)
     eager = EngramLM(config).to(device)
     compiled = copy.deepcopy(eager)
-    g = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(1)
     batches = [(t[:, :-1].to(device), t[:, 1:].to(device))
-               for t in (torch.randint(0, config.vocab_size, (batch, seq + 1), generator=g) for _ in range(4))]
+               for t in (torch.randint(0, config.vocab_size, (batch, seq + 1), generator=gen) for _ in range(4))]
     ref_losses, ref_grads = train_steps(eager, batches, eager.loss, device, graphs=False)
     losses, grads = train_steps(compiled, batches, torch.compile(compiled.loss, mode=mode), device,
                                 graphs=mode == "reduce-overhead")
     assert losses == pytest.approx(ref_losses, rel=0.01), (losses, ref_losses)
     assert grads.keys() == ref_grads.keys()
-    far = {n: float((grads[n] - g).norm() / g.norm().clamp_min(1e-6)) for n, g in ref_grads.items()}
+    far = {n: float((grads[n] - ref).norm() / ref.norm().clamp_min(1e-6)) for n, ref in ref_grads.items()}
     assert max(far.values()) < 0.1, sorted(far.items(), key=lambda kv: -kv[1])[:5]
