@@ -5,10 +5,9 @@
 # (copied to ../corpora, where the spec reads it); records are written under runs/ and packed into $OUT.
 #
 #   bash benchmarks/on_gpu.sh check              # compiled steps and trials against eager ones (pytest)
-#   bash benchmarks/on_gpu.sh paths [ARGS]       # benchmarks/trainer_paths.py: the same at a ladder trial's size
-#   bash benchmarks/on_gpu.sh profile            # benchmarks/profile_step.py
-#   bash benchmarks/on_gpu.sh throughput [ARGS]  # benchmarks/sweep_throughput.py
-#   bash benchmarks/on_gpu.sh ladder SECONDS      # the allocation ladder, resumed, for at most SECONDS
+#   bash benchmarks/on_gpu.sh bench NAME [ARGS]  # benchmarks/NAME.py (trainer_paths, batched_seeds, profile_step,
+#                                                #   sweep_throughput, ...) and its results/benchmarks/NAME.json
+#   bash benchmarks/on_gpu.sh ladder SECONDS     # the allocation ladder, resumed, for at most SECONDS
 set -uo pipefail
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
@@ -24,16 +23,10 @@ case "${1:-}" in
   check)
     python3 -m pytest -q -p no:cacheprovider tests/engram/test_compiled_training.py \
       tests/experiments/test_train.py -k "plain_eager or compiled_steps" 2>&1 | tee "$OUT/check.log" ;;
-  paths)
-    python3 benchmarks/trainer_paths.py "${@:2}" 2>&1 | grep -v -i "warn\|srun\|litlogger" | tee "$OUT/trainer_paths.log"
-    cp results/benchmarks/trainer_paths.json "$OUT/" ;;
-  profile)
-    python3 benchmarks/profile_step.py "${@:2}" 2>&1 | grep -v -i "warn\|srun\|litlogger" | tee "$OUT/profile_step.log"
-    cp results/benchmarks/profile_step.json "$OUT/" ;;
-  throughput)
-    python3 benchmarks/sweep_throughput.py "${@:2}" 2>&1 | grep -v -i "warn\|srun\|litlogger" \
-      | tee "$OUT/sweep_throughput.log"
-    cp results/benchmarks/sweep_throughput.json "$OUT/" ;;
+  bench)
+    name=${2:?bench NAME}
+    python3 "benchmarks/$name.py" "${@:3}" 2>&1 | grep -v -i "warn\|srun\|litlogger" | tee "$OUT/$name.log"
+    cp "results/benchmarks/$name.json" "$OUT/" ;;
   ladder)
     # to a file, not a pipe: trial jobs inherit the driver's output and outlive its --timeout, and a reader of the
     # pipe would wait for them all
@@ -42,5 +35,5 @@ case "${1:-}" in
     pkill -f submitit.local._local  # the machine is handed back after this: a later driver resumes these trials
     grep -a -v "Epoch\|Training\|Validation" "$OUT/ladder.log" | tail -n 40
     tar czf "$OUT/ladder-records.tgz" -C runs/gpu-results . ;;
-  *) echo "usage: $0 check | paths [ARGS] | profile | throughput [ARGS] | ladder SECONDS"; exit 2 ;;
+  *) echo "usage: $0 check | bench NAME [ARGS] | ladder SECONDS"; exit 2 ;;
 esac

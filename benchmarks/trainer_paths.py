@@ -11,14 +11,19 @@ path, on the same text, each from scratch:
 
 Prints each path's validation curve, its final loss against the reference's (the ratio) and against the unigram
 entropy (a model at the unigram entropy has learned token frequencies and nothing of context), and its steady rate.
+With ``--fresh`` each path trains in a process of its own, so that every compilation is its process's first (in
+one process a later path finds the earlier paths' compiled code and caches).
 
-    PYTHONPATH=. python3 benchmarks/trainer_paths.py --budget 2e14 --rho 0.8
+    PYTHONPATH=. python3 benchmarks/trainer_paths.py --budget 2e14 --rho 0.8 [--fresh]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -70,6 +75,8 @@ def main() -> None:
     ap.add_argument("--rho", type=float, default=0.8)
     ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
     ap.add_argument("--eval-every-tokens", type=float, default=1e6)
+    ap.add_argument("--fresh", action="store_true", help="each path in a process of its own")
+    ap.add_argument("--row-to", type=Path, help=argparse.SUPPRESS)  # a --fresh child: its row as JSON, no table
     args = ap.parse_args()
     trial = ladder_trial(args.budget, args.rho)
     train_cfg = dataclasses.replace(trial.train, eval_every_tokens=int(args.eval_every_tokens))
@@ -82,7 +89,17 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(dir=REPO / "runs" if (REPO / "runs").is_dir() else None) as tmp:
         for path in args.paths:
-            rows.append(train(trial, path, Path(tmp)))
+            if args.fresh:
+                row_file = Path(tmp) / f"{path}.json"
+                subprocess.run([sys.executable, __file__, "--budget", args.budget, "--rho", str(args.rho), "--paths",
+                                path, "--eval-every-tokens", str(args.eval_every_tokens), "--row-to", str(row_file)],
+                               check=True)
+                rows.append(json.loads(row_file.read_text()))
+            else:
+                rows.append(train(trial, path, Path(tmp)))
+            if args.row_to:
+                args.row_to.write_text(json.dumps(rows[0]))
+                return
             print(rows[-1], flush=True)
     reference = rows[0]["val_loss"]
     for row in rows:
@@ -90,7 +107,8 @@ def main() -> None:
         row["above_unigram"] = row["val_loss"] - row["unigram_entropy"] if row["val_loss"] else None
     print(table(rows, ["path", "status", "val_loss", "vs_" + rows[0]["path"], "above_unigram", "steady tok/s",
                        "mfu", "wall_s"]))
-    write_result("trainer_paths", {"budget": args.budget, "rho": args.rho, "paths": rows})
+    write_result("trainer_paths", {"budget": args.budget, "rho": args.rho, "fresh_processes": args.fresh,
+                                   "paths": rows})
 
 
 if __name__ == "__main__":

@@ -65,8 +65,9 @@ class TrainConfig:
             CUDA graphs too (``mode="reduce-overhead"``): a small model's step is otherwise bound by kernel launches.
             Not shown to train correctly on a GPU at the ladder's sizes: there, ``true`` stalled at the unigram
             entropy and ``cudagraphs`` stalled whenever it was its process's first compilation, while eager
-            training learns (results/README.md, 2026-12-03). ``bash benchmarks/on_gpu.sh paths`` trains a ladder
-            trial on each path; ``bash benchmarks/on_gpu.sh check`` compares compiled and eager steps.
+            training learns (results/README.md, 2026-12-03). ``bash benchmarks/on_gpu.sh bench trainer_paths``
+            trains a ladder trial on each path; ``bash benchmarks/on_gpu.sh check`` compares compiled and eager
+            steps.
         accelerator: ``auto``, ``cpu`` or ``gpu``.
         devices: devices per node, one process each (data parallel when ``devices * num_nodes > 1``).
         num_nodes: nodes (data parallel across nodes: SLURM tasks, or torchrun).

@@ -1,0 +1,141 @@
+"""How much of the GPU several seeds of one small shape could use if trained as one model: a design measurement.
+
+A trial of the allocation ladder is too small to fill an H100/H200 (results/README.md: 1-3% of the bf16 peak per
+trial, eager or with CUDA graphs). Trained as one model, S seeds of one grid point would keep the kernel count of a
+single model while every kernel grows S times: each weight gets a leading seed dimension and each matmul becomes a
+batched matmul over the seeds. Before the trainer is built that way, this measures the ceiling on a stand-in of the
+ladder's 2e14 model: its width, depth, heads, vocabulary, batch and sequence length, with the MoE's active feed-
+forward (one shared and two routed experts of hidden 256) as one SwiGLU of hidden 768, and no Engram lookup and no
+routing (their kernels would come on top). Each step is forward, backward and fused AdamW, the loss compiled into
+CUDA graphs, at S = 1, 2, 4, 8 and 16 seeds; the reference is S = 1. Prints tokens per second summed over the seeds,
+MFU against the device's dense bf16 peak and the ratio to one seed. A check first: seed s of a stack computes what a
+one-seed model holding seed s's weights computes.
+
+    PYTHONPATH=. python3 benchmarks/batched_seeds.py
+    BENCH_SMOKE=1 PYTHONPATH=. python3 benchmarks/batched_seeds.py   # the script's path on a CPU, toy sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks.common import check_close, compile_, cuda_time_ms, device, smoke, table, write_result
+from engram.device import device_name, mfu
+
+LADDER_2E14 = {"vocab": 4096, "d_model": 176, "n_layers": 6, "n_heads": 4, "ffn": 768, "batch": 32, "seq": 512}
+SMOKE = {"vocab": 256, "d_model": 32, "n_layers": 2, "n_heads": 2, "ffn": 64, "batch": 2, "seq": 16}
+
+
+def rms(x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, x.shape[-1:], eps=1e-6) * gain
+
+
+class SeedStack(nn.Module):
+    """``seeds`` pre-norm transformers of one shape, every weight stacked along a leading seed dimension."""
+
+    def __init__(self, seeds: int, vocab: int, d_model: int, n_layers: int, n_heads: int, ffn: int, **_):
+        super().__init__()
+        S, D, L = seeds, d_model, n_layers
+        self.n_heads = n_heads
+
+        def weight(*shape):
+            return nn.Parameter(torch.randn(*shape) * 0.02)
+
+        self.embed, self.head = weight(S, vocab, D), weight(S, D, vocab)
+        self.wqkv, self.wo = weight(L, S, D, 3 * D), weight(L, S, D, D)
+        self.w13, self.w2 = weight(L, S, D, 2 * ffn), weight(L, S, ffn, D)
+        self.gains = nn.Parameter(torch.ones(2 * L + 1, S, 1, D))
+
+    def loss(self, ids_SBT: torch.Tensor, targets_SBT: torch.Tensor) -> torch.Tensor:
+        """The sum over seeds of each seed's mean next-token loss: each seed's gradient is its own model's."""
+        S, B, T = ids_SBT.shape
+        D, H = self.embed.shape[-1], self.n_heads
+        x = self.embed[torch.arange(S, device=ids_SBT.device)[:, None, None], ids_SBT].view(S, B * T, D)
+        for layer in range(self.wqkv.shape[0]):
+            qkv = torch.bmm(rms(x, self.gains[2 * layer]), self.wqkv[layer])  # [S, BT, 3D]
+            q, k, v = qkv.view(S * B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)  # each [SB, H, T, D/H]
+            attn = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(S, B * T, D)
+            x = x + torch.bmm(attn, self.wo[layer])
+            gate, up = torch.bmm(rms(x, self.gains[2 * layer + 1]), self.w13[layer]).chunk(2, dim=-1)
+            x = x + torch.bmm(F.silu(gate) * up, self.w2[layer])
+        logits = torch.bmm(rms(x, self.gains[-1]), self.head)  # [S, BT, V]
+        per_seed = F.cross_entropy(logits.float().transpose(1, 2), targets_SBT.reshape(S, B * T), reduction="none")
+        return per_seed.mean(1).sum()
+
+    def seed(self, s: int) -> SeedStack:
+        """A one-seed model holding seed ``s``'s weights."""
+        one = SeedStack.__new__(SeedStack)
+        nn.Module.__init__(one)
+        one.n_heads = self.n_heads
+        for name, p in self.named_parameters():
+            index = (slice(None), slice(s, s + 1)) if p.dim() == 4 else (slice(s, s + 1),)
+            setattr(one, name, nn.Parameter(p.detach()[index].clone()))
+        return one
+
+
+def train_flops_per_token(vocab: int, d_model: int, n_layers: int, ffn: int, seq: int, **_) -> float:
+    """Forward FLOPs per token x 3: the matmuls (QKV, output, SwiGLU, head) and attention over the whole
+    sequence (QK^T and AV; causal masking is not discounted, as :mod:`engram.budget` counts it)."""
+    D = d_model
+    per_layer = 2 * (3 * D * D + D * D + 3 * D * ffn) + 2 * 2 * seq * D
+    return 3.0 * (n_layers * per_layer + 2 * D * vocab)
+
+
+def check(shape: dict, dev: torch.device) -> float:
+    torch.manual_seed(0)
+    stack = SeedStack(3, **shape).to(dev)
+    ids = torch.randint(0, shape["vocab"], (3, shape["batch"], shape["seq"] + 1), device=dev)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        together = stack.loss(ids[..., :-1], ids[..., 1:])
+        alone = stack.seed(1).loss(ids[1:2, :, :-1], ids[1:2, :, 1:])
+        rest = stack.seed(0).loss(ids[:1, :, :-1], ids[:1, :, 1:]) + stack.seed(2).loss(ids[2:, :, :-1], ids[2:, :, 1:])
+    return check_close("seed 1 of a 3-seed stack against its own model", together - rest, alone, 1e-2)
+
+
+def measure(seeds: int, shape: dict, dev: torch.device) -> dict:
+    torch.manual_seed(0)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model = SeedStack(seeds, **shape).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=dev.type == "cuda")
+    loss_fn = compile_(model.loss, mode="reduce-overhead", dynamic=False)  # each seed count its own static graphs
+    ids = torch.randint(0, shape["vocab"], (seeds, shape["batch"], shape["seq"] + 1), device=dev)
+    x, y = ids[..., :-1].contiguous(), ids[..., 1:].contiguous()
+
+    def step():
+        if not smoke():
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            loss = loss_fn(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    ms = cuda_time_ms(step, warmup=5, iters=20)
+    tokens_s = seeds * shape["batch"] * shape["seq"] / (ms * 1e-3)
+    return {"seeds": seeds, "step ms": ms, "tokens/s": tokens_s,
+            "mfu": mfu(tokens_s, train_flops_per_token(**shape), device_name()),
+            "memory GB": torch.cuda.max_memory_allocated() / 1e9 if dev.type == "cuda" else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    args = ap.parse_args()
+    dev = device()
+    shape = SMOKE if smoke() else LADDER_2E14
+    error = check(shape, dev)
+    print(f"check: seed 1 of a stack against its own model, relative error {error:.2g}")
+    rows = [measure(s, shape, dev) for s in args.seeds]
+    for row in rows:
+        row["vs 1 seed"] = row["tokens/s"] / rows[0]["tokens/s"]
+    print(table(rows, ["seeds", "step ms", "tokens/s", "mfu", "vs 1 seed", "memory GB"]))
+    write_result("batched_seeds", {"shape": shape, "check_relative_error": error, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
