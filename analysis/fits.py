@@ -195,11 +195,6 @@ def _noise_floor(points: pd.DataFrame) -> dict:
             "pooled_sd": stats.pooled_sd(seeded["n"], seeded["sd"])}
 
 
-RESAMPLED = {"paired seeds": "seeds within each rho, seed offsets removed", "runs within rho": "runs within each rho",
-             "residuals": "residuals (a rho has a single run)",
-             "residuals, raised to the seed sd": "residuals scaled up to the seed-to-seed sd (a rho has a single run)"}
-
-
 def _u_verdict(f: dict, level: float) -> str:
     o = f["optimum"]
     if o is None:
@@ -208,8 +203,8 @@ def _u_verdict(f: dict, level: float) -> str:
     b = o["bootstrap"]
     lo, hi = f["rho_range"]
     where = (f"rho* = {o['estimate']:.3f} ({o['model']} law, chosen by AICc; {round(level * 100)}% CI "
-             f"{_fmt_ci(o['ci_bootstrap'], 3)} from {b['draws']} resamples of {RESAMPLED[b['scheme']]}, interior in "
-             f"{b['share_interior']:.0%})")
+             f"{_fmt_ci(o['ci_bootstrap'], 3)} from {b['draws']} resamples of {stats.RESAMPLED[b['scheme']]}, "
+             f"interior in {b['share_interior']:.0%})")
     noise = f["noise_floor"]["mean_sd"]
     noise = "" if noise is None else f"; seed-to-seed sd {noise:.4f}"
     if o["interior_shown"]:

@@ -506,6 +506,12 @@ def _law_coefficients(model: str, params, x, y, w, level: float) -> dict:
     return coefficients(res, list(U_MODELS[model]["params"]), level)
 
 
+# each scheme of _seed_resamples, in the words of a verdict: what it resamples
+RESAMPLED = {"paired seeds": "seeds within each rho, seed offsets removed", "runs within rho": "runs within each rho",
+             "residuals": "residuals (a rho has a single run)",
+             "residuals, raised to the seed sd": "residuals scaled up to the seed-to-seed sd (a rho has a single run)"}
+
+
 def _seed_resamples(x, y, point, xp, n_j, mean_j, sd_j, w_j, seeds, chosen, n_boot: int, rng):
     """(scheme, units resampled, x, weights, Y (n_boot, n)) of the seed bootstrap (see u_model_choice)."""
     J = len(xp)

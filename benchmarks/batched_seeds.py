@@ -4,12 +4,12 @@ A trial of the allocation ladder is too small to fill an H100/H200 (results/READ
 trial, eager or with CUDA graphs). Trained as one model, S seeds of one grid point would keep the kernel count of a
 single model while every kernel grows S times: each weight gets a leading seed dimension and each matmul becomes a
 batched matmul over the seeds. Before the trainer is built that way, this measures the ceiling on a stand-in of the
-ladder's 2e14 model: its width, depth, heads, vocabulary, batch and sequence length, with the MoE's active feed-
-forward (one shared and two routed experts of hidden 256) as one SwiGLU of hidden 768, and no Engram lookup and no
-routing (their kernels would come on top). Each step is forward, backward and fused AdamW, the loss compiled into
-CUDA graphs, at S = 1, 2, 4, 8 and 16 seeds; the reference is S = 1. Prints tokens per second summed over the seeds,
-MFU against the device's dense bf16 peak and the ratio to one seed. A check first: seed s of a stack computes what a
-one-seed model holding seed s's weights computes.
+ladder's 2e14 model (rho 0.8, as the spec resolves it): its width, depth, heads, vocabulary, batch and sequence
+length, with the MoE's active feed-forward (the shared and the top-k routed experts) as one SwiGLU of their summed
+hidden width, and no Engram lookup and no routing (their kernels would come on top). Each step is forward, backward
+and fused AdamW, the loss compiled into CUDA graphs, at S = 1, 2, 4, 8 and 16 seeds; the reference is S = 1.
+Prints tokens per second summed over the seeds, MFU against the device's dense bf16 peak and the ratio to one seed.
+A check first: seed s of a stack computes what a one-seed model holding seed s's weights computes.
 
     PYTHONPATH=. python3 benchmarks/batched_seeds.py
     BENCH_SMOKE=1 PYTHONPATH=. python3 benchmarks/batched_seeds.py   # the script's path on a CPU, toy sizes
@@ -23,11 +23,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.common import check_close, compile_, cuda_time_ms, device, smoke, table, write_result
+from benchmarks.common import check_close, compile_, cuda_time_ms, device, ladder_trial, smoke, table, write_result
 from engram.device import device_name, mfu
 
-LADDER_2E14 = {"vocab": 4096, "d_model": 176, "n_layers": 6, "n_heads": 4, "ffn": 768, "batch": 32, "seq": 512}
 SMOKE = {"vocab": 256, "d_model": 32, "n_layers": 2, "n_heads": 2, "ffn": 64, "batch": 2, "seq": 16}
+
+
+def ladder_shape(budget: str = "2e14", rho: float = 0.8) -> dict:
+    """The stand-in's sizes from a ladder trial; the feed-forward is the MoE's active one (shared + top-k experts)."""
+    trial = ladder_trial(budget, rho)
+    m = trial.model
+    return {"vocab": m.vocab_size, "d_model": m.d_model, "n_layers": m.n_layers, "n_heads": m.n_heads,
+            "ffn": (m.moe.n_shared + m.moe.top_k) * m.moe.expert_hidden, "batch": trial.train.batch_size,
+            "seq": trial.data.seq_len}
 
 
 def rms(x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
@@ -66,14 +74,11 @@ class SeedStack(nn.Module):
         per_seed = F.cross_entropy(logits.float().transpose(1, 2), targets_SBT.reshape(S, B * T), reduction="none")
         return per_seed.mean(1).sum()
 
-    def seed(self, s: int) -> SeedStack:
-        """A one-seed model holding seed ``s``'s weights."""
-        one = SeedStack.__new__(SeedStack)
-        nn.Module.__init__(one)
-        one.n_heads = self.n_heads
-        for name, p in self.named_parameters():
-            index = (slice(None), slice(s, s + 1)) if p.dim() == 4 else (slice(s, s + 1),)
-            setattr(one, name, nn.Parameter(p.detach()[index].clone()))
+    def seed(self, s: int, **shape) -> SeedStack:
+        """A one-seed model holding seed ``s``'s weights (the layer-stacked weights carry the seed second)."""
+        one = SeedStack(1, **shape).to(self.embed.device)
+        one.load_state_dict({name: p[:, s:s + 1] if p.dim() == 4 else p[s:s + 1]
+                             for name, p in self.state_dict().items()})
         return one
 
 
@@ -91,8 +96,9 @@ def check(shape: dict, dev: torch.device) -> float:
     ids = torch.randint(0, shape["vocab"], (3, shape["batch"], shape["seq"] + 1), device=dev)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         together = stack.loss(ids[..., :-1], ids[..., 1:])
-        alone = stack.seed(1).loss(ids[1:2, :, :-1], ids[1:2, :, 1:])
-        rest = stack.seed(0).loss(ids[:1, :, :-1], ids[:1, :, 1:]) + stack.seed(2).loss(ids[2:, :, :-1], ids[2:, :, 1:])
+        alone = stack.seed(1, **shape).loss(ids[1:2, :, :-1], ids[1:2, :, 1:])
+        rest = (stack.seed(0, **shape).loss(ids[:1, :, :-1], ids[:1, :, 1:])
+                + stack.seed(2, **shape).loss(ids[2:, :, :-1], ids[2:, :, 1:]))
     return check_close("seed 1 of a 3-seed stack against its own model", together - rest, alone, 1e-2)
 
 
@@ -127,7 +133,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     args = ap.parse_args()
     dev = device()
-    shape = SMOKE if smoke() else LADDER_2E14
+    shape = SMOKE if smoke() else ladder_shape()
     error = check(shape, dev)
     print(f"check: seed 1 of a stack against its own model, relative error {error:.2g}")
     rows = [measure(s, shape, dev) for s in args.seeds]

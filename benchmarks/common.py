@@ -21,7 +21,19 @@ import torch
 from engram.device import device_name
 from engram_lab.files import write_atomic
 
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "benchmarks"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "results" / "benchmarks"
+LADDER = REPO / "sweeps" / "specs" / "allocation_ladder.yaml"
+
+
+def ladder_trial(budget: str, rho: float, seed: int = 0):
+    """The resolved trial of one point of the allocation ladder's spec."""
+    from sweeps.spec import expand, load_spec
+
+    for planned in expand(load_spec(LADDER)):
+        if planned.axes == {"budget": budget, "rho": rho, "seed": seed}:
+            return planned.trial
+    raise SystemExit(f"no point budget={budget} rho={rho} seed={seed} in {LADDER}")
 
 
 class Mismatch(AssertionError):

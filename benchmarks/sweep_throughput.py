@@ -29,11 +29,8 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import smoke, table, write_result
+from benchmarks.common import LADDER, REPO, smoke, table, write_result
 from engram.device import peak_flops
-
-REPO = Path(__file__).resolve().parents[1]
-LADDER = REPO / "sweeps" / "specs" / "allocation_ladder.yaml"
 
 
 def slice_spec(folder: Path, name: str, budget: str, rhos: list[float]) -> Path:

@@ -27,10 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import smoke, table, write_result
+from benchmarks.common import REPO, ladder_trial, smoke, table, write_result
 
-REPO = Path(__file__).resolve().parents[1]
-LADDER = REPO / "sweeps" / "specs" / "allocation_ladder.yaml"
 PATHS = {  # name: (train.compile, fused optimizer, precision)
     "eager": (False, None, "auto"),
     "eager-fp32": (False, None, "32"),
@@ -38,15 +36,6 @@ PATHS = {  # name: (train.compile, fused optimizer, precision)
     "compiled": (True, True, "auto"),
     "cuda-graphs": ("cudagraphs", True, "auto"),
 }
-
-
-def ladder_trial(budget: str, rho: float):
-    from sweeps.spec import expand, load_spec
-
-    for planned in expand(load_spec(LADDER)):
-        if planned.axes["budget"] == budget and planned.axes["rho"] == rho and planned.axes["seed"] == 0:
-            return planned.trial
-    raise SystemExit(f"no point budget={budget} rho={rho} in {LADDER}")
 
 
 def train(trial, path: str, folder: Path) -> dict:

@@ -64,10 +64,10 @@ class TrainConfig:
         compile: ``torch.compile`` the model's loss (Engram's lookup stays eager); ``cudagraphs`` compiles it into
             CUDA graphs too (``mode="reduce-overhead"``): a small model's step is otherwise bound by kernel launches.
             Not shown to train correctly on a GPU at the ladder's sizes: there, ``true`` stalled at the unigram
-            entropy and ``cudagraphs`` stalled whenever it was its process's first compilation, while eager
-            training learns (results/README.md, 2026-12-03). ``bash benchmarks/on_gpu.sh bench trainer_paths``
-            trains a ladder trial on each path; ``bash benchmarks/on_gpu.sh check`` compares compiled and eager
-            steps.
+            entropy, and ``cudagraphs`` stalled in every ladder job (its process's first compilation) though it
+            learned once as a process's second, while eager training learns (results/README.md, 2026-12-03).
+            ``bash benchmarks/on_gpu.sh bench trainer_paths`` trains a ladder trial on each path; ``bash
+            benchmarks/on_gpu.sh check`` compares compiled and eager steps.
         accelerator: ``auto``, ``cpu`` or ``gpu``.
         devices: devices per node, one process each (data parallel when ``devices * num_nodes > 1``).
         num_nodes: nodes (data parallel across nodes: SLURM tasks, or torchrun).

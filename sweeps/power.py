@@ -17,6 +17,7 @@ noise), and the same simulation runs on the grid refined around the curve's mini
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,7 @@ def refined_grid(rhos, rho_star: float) -> list[float]:
     ``rho_star``: where the minimum is, points locate it; far from it they mostly fix the arms."""
     rhos = sorted(rhos)
     step = float(np.median(np.diff(rhos)))
-    near = [(a + b) / 2 for a, b in zip(rhos, rhos[1:]) if max(abs(a - rho_star), abs(b - rho_star)) <= 2 * step]
+    near = [(a + b) / 2 for a, b in itertools.pairwise(rhos) if max(abs(a - rho_star), abs(b - rho_star)) <= 2 * step]
     return sorted(rhos + [round(m, 4) for m in near])
 
 

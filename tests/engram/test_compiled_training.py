@@ -10,21 +10,28 @@ the ladder's 2e14 shape runs too, with and without CUDA graphs (``bash benchmark
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 
-from engram.config import EngramConfig, ModelConfig, MoEConfig
+from engram.config import ModelConfig
 from engram.model import EngramLM
+from sweeps.spec import expand, load_spec
 
 from .variants import base
 
 ON_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+LADDER = Path(__file__).resolve().parents[2] / "sweeps" / "specs" / "allocation_ladder.yaml"
 
-# the ladder's 2e14 level at rho 0.8 (sweeps/specs/allocation_ladder.yaml as the budget solver resolves it)
-LADDER_2E14 = ModelConfig(vocab_size=4096, d_model=176, n_layers=6, n_heads=4, ffn_hidden=528, max_seq_len=512,
-                          moe=MoEConfig(n_routed=30, top_k=2, n_shared=1, expert_hidden=256, first_dense=1),
-                          engram=EngramConfig(layers=[1], orders=[2, 3], heads=4, mem_dim=96, rows=[51643, 51643]))
+
+def model_config(name: str) -> ModelConfig:
+    """``small`` (of the library tests' family) or ``ladder``: the ladder's 2e14 model at rho 0.8, as its spec
+    resolves it."""
+    if name == "small":
+        return base(n_layers=3)
+    return next(p.trial.model for p in expand(load_spec(LADDER))
+                if p.axes == {"budget": "2e14", "rho": 0.8, "seed": 0})
 
 
 def train_steps(model: EngramLM, batches, loss_fn, device: torch.device, graphs: bool):
@@ -45,13 +52,13 @@ def train_steps(model: EngramLM, batches, loss_fn, device: torch.device, graphs:
     return losses, grads
 
 
-@pytest.mark.parametrize("config, device, mode, batch, seq", [
-    pytest.param(base(n_layers=3), "cpu", "default", 4, 64, id="small-cpu"),
-    pytest.param(LADDER_2E14, "cuda", "default", 32, 512, id="ladder-cuda", marks=ON_GPU),
-    pytest.param(LADDER_2E14, "cuda", "reduce-overhead", 32, 512, id="ladder-cuda-graphs", marks=ON_GPU),
+@pytest.mark.parametrize("model, device, mode, batch, seq", [
+    pytest.param("small", "cpu", "default", 4, 64, id="small-cpu"),
+    pytest.param("ladder", "cuda", "default", 32, 512, id="ladder-cuda", marks=ON_GPU),
+    pytest.param("ladder", "cuda", "reduce-overhead", 32, 512, id="ladder-cuda-graphs", marks=ON_GPU),
 ])
-def test_compiled_steps_follow_the_eager_steps(config, device, mode, batch, seq):
-    device = torch.device(device)
+def test_compiled_steps_follow_the_eager_steps(model, device, mode, batch, seq):
+    config, device = model_config(model), torch.device(device)
     torch.manual_seed(0)
     eager = EngramLM(config).to(device)
     compiled = copy.deepcopy(eager)
