@@ -14,6 +14,7 @@ model formula, n, coefficients with intervals, R² and a plain-language ``verdic
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import pandas as pd
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.oneway import anova_oneway
 
-from analysis import stats
+from analysis import power, stats
 from analysis.data import completed_runs, exclusion_summary
 from engram_lab.files import write_atomic
 
@@ -102,7 +103,8 @@ def budget_order(value) -> float:
 def fit_u_curve(df: pd.DataFrame, level: float = stats.LEVEL, n_boot: int = 2000, seed: int = 0,
                 y: str = LOSS) -> dict:
     """U-curve fits of the loss ``y`` on achieved rho, one per ``axes.budget`` (see :func:`fit_u_curve_group`);
-    completed runs without ``y`` are left out."""
+    completed runs without ``y`` are left out. Where a budget's rho* interval is wider than the target, its
+    ``seeds_for_target`` says how many seeds would narrow it (:func:`_seeds_for_target`)."""
     runs, n_excl = _experiment(df, EXPERIMENTS["u_curve"])
     if y != LOSS and not runs.empty:
         runs = runs[runs[y].notna()] if y in runs else runs.iloc[:0]
@@ -119,6 +121,9 @@ def fit_u_curve(df: pd.DataFrame, level: float = stats.LEVEL, n_boot: int = 2000
     for budget in sorted(budgets.unique(), key=budget_order):
         group = runs[budgets == budget]
         fit, draws[budget] = _fit_u_curve_group(group, level, n_boot, seed, excluded_by_budget.get(budget, 0), y)
+        if fit["status"] == "ok":
+            fit["seeds_for_target"] = _seeds_for_target(fit, n_boot)
+            fit["verdict"] = _u_verdict(fit, level)
         out["budgets"][budget] = {**fit, "budget": budget}
     out["stability"] = _rho_star_stability(out["budgets"], draws, level, seed)
     out["verdict"] = "; ".join(f"{b}: {f['verdict']}" for b, f in out["budgets"].items())
@@ -187,6 +192,36 @@ def _fit_u_curve_group(runs: pd.DataFrame, level: float, n_boot: int, seed: int,
     return out, draws
 
 
+def _seeds_for_target(f: dict, draws: int) -> dict | None:
+    """Where the chosen law's rho* interval is wider than 2 x ``power.TARGET``: how many seeds per point would locate
+    rho* to +- the target on these rho values, and on the grid refined around it where these cannot
+    (:mod:`analysis.power`), simulated with the chosen law as the true curve and this budget's pooled seed sd as the
+    noise. None where the interval is that narrow already or there is no law or no seed sd to simulate with."""
+    o, noise = f["optimum"], f["noise_floor"]["pooled_sd"]
+    if o is None or noise is None:
+        return None
+    lo, hi = o["ci_bootstrap"]
+    if lo is not None and hi is not None and hi - lo <= 2 * power.TARGET:
+        return None
+    chosen = f["selection"]["chosen"]
+    curve = power.Curve(chosen, np.asarray(f["selection"]["candidates"][chosen]["params"], float),
+                        f"the {chosen} law chosen by AICc")
+    rhos = sorted(float(pt["rho"]) for pt in f["points"])
+    out = {"target": power.TARGET, "level": power.LEVEL, "noise": noise, "draws": draws,
+           "seeds_now": int(np.median([pt["n"] for pt in f["points"]])), "true_rho_star": None,
+           "grid": None, "refined": None}
+    true = curve.minimum(rhos[0], rhos[-1])
+    if true is None:  # the chosen law's minimum is at a range end: there is no optimum to locate
+        return out
+    grid = power.power(rhos, curve, noise, draws=draws)
+    out.update(true_rho_star=true, grid={"rhos": rhos, **asdict(grid)})
+    if grid.needed is None and math.isfinite(grid.half_widths[power.SEED_COUNTS[-1]]):
+        dense = power.refined_grid(rhos, true)
+        if len(dense) > len(rhos):
+            out["refined"] = {"rhos": dense, **asdict(power.power(dense, curve, noise, draws=draws))}
+    return out
+
+
 def _noise_floor(points: pd.DataFrame) -> dict:
     """Seed-to-seed sd of val_loss at each rho with two or more runs, their mean, and the pooled sd."""
     seeded = points[points["n"] >= 2]
@@ -207,13 +242,33 @@ def _u_verdict(f: dict, level: float) -> str:
              f"interior in {b['share_interior']:.0%})")
     noise = f["noise_floor"]["mean_sd"]
     noise = "" if noise is None else f"; seed-to-seed sd {noise:.4f}"
+    seeds = f"; {seeds_needed(f['seeds_for_target'])}" if f.get("seeds_for_target") else ""
     if o["interior_shown"]:
         g = o["loss_gap_rho1"]
         gap = "" if g is None else (f"; pure MoE (rho = 1) costs {g['estimate']:.4f} in loss "
                                     f"(CI {_fmt_ci(g['ci_bootstrap'])})")
-        return f"U-shaped: interior optimum at {where}{gap}{noise}"
+        return f"U-shaped: interior optimum at {where}{gap}{noise}{seeds}"
     return (f"no interior optimum shown in [{lo:.2f}, {hi:.2f}]: {where}; the lowest loss is at rho = {lo:.2f} in "
-            f"{b['share_at_low']:.0%} of resamples and at rho = {hi:.2f} in {b['share_at_high']:.0%}{noise}")
+            f"{b['share_at_low']:.0%} of resamples and at rho = {hi:.2f} in {b['share_at_high']:.0%}{noise}{seeds}")
+
+
+def seeds_needed(s: dict) -> str:
+    """One sentence from :func:`_seeds_for_target`: the seeds per point that locate rho* to the target."""
+    to = f"rho* to +-{s['target']:g}"
+    if s["grid"] is None:
+        return f"{to}: the chosen law has its minimum at a range end, so no number of seeds locates an optimum"
+    at = f"(simulated: the chosen law plus seed noise sd {s['noise']:.4f}; {s['seeds_now']} seeds now)"
+    grid, refined = s["grid"], s["refined"]
+    largest = power.SEED_COUNTS[-1]
+    if grid["needed"] is not None:
+        return f"{to} takes {grid['needed']} seeds per point on these {len(grid['rhos'])} rho values {at}"
+    if grid["extrapolated"] is not None:
+        return f"{to} takes about {grid['extrapolated']} seeds per point (extrapolated past {largest}) {at}"
+    if refined is not None and refined["needed"] is not None:
+        added = ", ".join(f"{r:.2f}" for r in sorted(set(refined["rhos"]) - set(grid["rhos"])))
+        return (f"{to} takes more than {largest} seeds per point on these rho values, {refined['needed']} with rho "
+                f"{added} added around the minimum {at}")
+    return f"{to} takes more than {largest} seeds per point {at}"
 
 
 def _rho_star_stability(budgets: dict, draws: dict, level: float, seed: int) -> dict | None:

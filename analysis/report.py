@@ -3,6 +3,7 @@ paper's claims, the figures and the run table. Everything in it is computed from
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pandas as pd
 
 from analysis import probes, tables
 from analysis.claims import CANNOT, CONTRADICTS, SUPPORTS
-from analysis.fits import budget_order
+from analysis.fits import budget_order, seeds_needed
 
 SECTIONS = ("Summary", "Data", "Fitted laws", "Comparison with the paper", "Probes", "Figures", "Run table",
             "Methods and caveats")
@@ -134,9 +135,20 @@ def _law_choice(f: dict) -> list[str]:
     o, b = f["optimum"], f["optimum"]["bootstrap"]
     laws = "; ".join(f"{m} AICc {c['aicc']:.1f} (weight {c['akaike_weight']:.2f}, rho* {c['rho_star']:.3f})"
                      for m, c in f["selection"]["candidates"].items())
-    return [f"- laws (fitted to the runs): {laws}",
-            f"- **chosen: {o['model']}, rho* = {o['estimate']:.3f} {_ci(o['ci_bootstrap'], 3)}** from {b['draws']} "
-            f"seed resamples ({b['scheme']}) that choose the law again: interior in {b['share_interior']:.0%}"]
+    lines = [f"- laws (fitted to the runs): {laws}",
+             f"- **chosen: {o['model']}, rho* = {o['estimate']:.3f} {_ci(o['ci_bootstrap'], 3)}** from {b['draws']} "
+             f"seed resamples ({b['scheme']}) that choose the law again: interior in {b['share_interior']:.0%}"]
+    s = f.get("seeds_for_target")
+    if s is not None:
+        lines.append(f"- seeds: {seeds_needed(s)}")
+        for name in ("grid", "refined"):
+            if s[name] is not None:
+                widths = ", ".join(f"{n}: {_fmt(w, 3) if w is not None and math.isfinite(w) else 'none'}"
+                                   for n, w in s[name]["half_widths"].items())
+                lines.append(f"  - +-rho* reached in {s['level']:.0%} of {s['draws']} simulated sweeps on "
+                             f"{len(s[name]['rhos'])} rho values{' (refined)' if name == 'refined' else ''}, by seeds "
+                             f"per point: {widths}")
+    return lines
 
 
 def _laws(fits: dict) -> str:

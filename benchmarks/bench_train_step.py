@@ -62,9 +62,9 @@ class Step:
         if mode == "eager":
             self.loss = loss
         else:
-            kw = {"mode": "reduce-overhead"} if mode == "reduce-overhead" else {}
-            self.loss = compile_(loss, fullgraph=True, **kw)
-            self._fallback = lambda: compile_(loss, **kw)
+            graphs = mode == "reduce-overhead"
+            self.loss = compile_(loss, cuda_graphs=graphs, fullgraph=True)
+            self._fallback = lambda: compile_(loss, cuda_graphs=graphs)
 
     def set_optimizers(self, row_sparse: bool, lr: float = 3e-4) -> None:
         """AdamW (fused) for the backbone; the tables with RowSparseAdam (row-sparse gradients) or fused Adam."""

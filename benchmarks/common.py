@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from engram.compiled import compiled
 from engram.device import device_name
 from engram_lab.files import write_atomic
 
@@ -167,6 +168,6 @@ def write_result(name: str, payload: dict) -> Path:
     return write_atomic(path, record)
 
 
-def compile_(fn, **kwargs):
-    """``torch.compile`` (eager in a smoke run: a CPU inductor build would only slow the check down)."""
-    return fn if smoke() else torch.compile(fn, **kwargs)
+def compile_(fn, cuda_graphs: bool = False, **kwargs):
+    """``engram.compiled.compiled`` (eager in a smoke run: a CPU inductor build would only slow the check down)."""
+    return fn if smoke() else compiled(fn, cuda_graphs=cuda_graphs, **kwargs)

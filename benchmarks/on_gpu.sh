@@ -28,6 +28,10 @@ case "${1:-}" in
     python3 "benchmarks/$name.py" "${@:3}" 2>&1 | grep -v -i "warn\|srun\|litlogger" | tee "$OUT/$name.log"
     cp "results/benchmarks/$name.json" "$OUT/" ;;
   ladder)
+    if [ ! -d runs/gpu-results/allocation-ladder ] && [ -d results/allocation-ladder/runs ]; then
+      mkdir -p runs/gpu-results/allocation-ladder  # resume from the committed records, not from scratch
+      cp -r results/allocation-ladder/runs runs/gpu-results/allocation-ladder/
+    fi
     # to a file, not a pipe: trial jobs inherit the driver's output and outlive its --timeout, and a reader of the
     # pipe would wait for them all
     python3 -m engram_lab sweep sweeps/specs/allocation_ladder.yaml --results runs/gpu-results --workdir runs \

@@ -29,6 +29,7 @@ import torch
 
 from benchmarks.common import device, smoke, synchronize, table, write_result
 from engram.budget import count
+from engram.compiled import compiled
 from engram.compress import Compression
 from engram.device import device_name, mfu
 from engram.model import EngramLM
@@ -72,7 +73,7 @@ def bare_loop(trial, steps: int, mode: str | None, fused: bool, sync: bool, prof
                 if isinstance(member, (torch.optim.AdamW, torch.optim.Adam)):
                     group["fused"], group["foreach"] = dev.type == "cuda", False
     graphs = mode == "reduce-overhead" and dev.type == "cuda"
-    loss_fn = torch.compile(model.loss, mode=mode if graphs else None) if mode else model.loss
+    loss_fn = compiled(model.loss, cuda_graphs=graphs) if mode else model.loss
     B, T = trial.train.batch_size, trial.data.seq_len
     tokens = torch.randint(0, trial.model.vocab_size, (8, B, T + 1), device=dev)
     params = list(model.parameters())

@@ -22,7 +22,9 @@ Run record fields:
                   (over all steps), tokens_per_second_steady (after the first 10 steps of this process), mfu (of
                   the steady rate), startup_s (the trial's start to its first step: data, model, trainer set-up),
                   warmup_s (the first steps' time beyond the steady rate: compilation, CUDA graph capture),
-                  unigram_entropy (of the validation tokens, nats) and anything else the trainer measured
+                  steps_s, validation_s, heldout_s, save_s (the time inside the training steps, in validation,
+                  scoring the held-out text and exporting the model; the wall time's remainder after these and
+                  startup_s is between steps), unigram_entropy (of the validation tokens, nats) and anything else the trainer measured
     checkpoint    the final model folder ``<workdir>/<sweep>/<run_id>/model`` (:func:`portable_path`), or None
     wall_time_s, device, versions {python, torch, lightning, ...}, git_commit, created (ISO time, UTC)
     resumed_from  (optional: absent from records written before it existed, so not in RUN_FIELDS) how the process
@@ -86,10 +88,11 @@ class RecordError(ValueError):
 # config had: at that value they are left out of both, so recorded runs keep their ids as the schema grows.
 LATER_DATA_DEFAULTS = {("synthetic", "needle_queries"): 1, ("synthetic", "category_weights", "lookup"): 0.0,
                        ("heldout",): None}
-# How a trial is laid out on devices is not what it does: the run id hashes every trial as one process runs it, so a
-# trial resumes from its checkpoints, and is found done, on any layout.
-LAYOUT_FIELDS = ("devices", "num_nodes", "strategy", "shard_tables")
-ONE_PROCESS = {"devices": 1, "num_nodes": 1, "strategy": "auto"}
+# How a trial is laid out on devices, and whether its step is compiled, is not what it does (both change rounding,
+# not the computation): the run id hashes every trial as one eager process runs it, so a trial resumes from its
+# checkpoints, and is found done, on any layout and either way. The record keeps the config as it ran.
+LAYOUT_FIELDS = ("devices", "num_nodes", "strategy", "shard_tables", "compile")
+ONE_PROCESS = {"devices": 1, "num_nodes": 1, "strategy": "auto", "compile": False}
 
 
 def data_identity(data: dict) -> dict:

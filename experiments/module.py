@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins import TorchCheckpointIO
 
+from engram.compiled import compiled
 from engram.compress import Compression
 from engram.model import EngramLM
 from engram.optim_tables import clip_grad_norm_
@@ -61,7 +62,8 @@ class LanguageModelTask(L.LightningModule):
         self.val_by_category: dict[str, float] = {}
         self._recent_losses: list[torch.Tensor | float] = []  # the last 20 steps' losses, read when needed
         self._first_non_finite = None  # (step, loss) of the first non-finite loss, on the device until checked
-        self.train_seconds = 0.0
+        self.train_seconds = 0.0  # inside the training steps (from the batch's start to the step's end)
+        self.validation_seconds = 0.0
         self.synced_at: dict[int, float] = {}  # time.time() at the steps where the device was waited for
         self.first_step_time: float | None = None  # time.time() at this process's first step
         self._first_step = 0  # its global step (past 0 when resumed)
@@ -80,8 +82,7 @@ class LanguageModelTask(L.LightningModule):
         # Engram's lookup runs eagerly ahead of the backbone (EngramLM.memory), so the loss compiles as one graph
         compile_ = self.trial.train.compile
         self._graphs = compile_ == "cudagraphs" and self.device.type == "cuda"
-        self._loss = (torch.compile(self.model.loss, mode="reduce-overhead" if self._graphs else None) if compile_
-                      else self.model.loss)
+        self._loss = compiled(self.model.loss, cuda_graphs=self._graphs) if compile_ else self.model.loss
 
     def configure_optimizers(self):
         optimizers = build_optimizers(self.model, self.trial.optim)
@@ -183,6 +184,7 @@ class LanguageModelTask(L.LightningModule):
 
     # -- validation -----------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
+        self._validation_start = time.perf_counter()
         self.check_finite()
         n = len(self.categories)
         self._sum = torch.zeros(n, dtype=torch.float64, device=self.device)
@@ -205,6 +207,7 @@ class LanguageModelTask(L.LightningModule):
         if not self.val_curve or self.val_curve[-1][0] != tokens:
             self.val_curve.append([tokens, val_loss])
         self.log("val_loss", val_loss, prog_bar=True, rank_zero_only=True, sync_dist=False)
+        self.validation_seconds += time.perf_counter() - self._validation_start  # float() above waited for the device
 
     # -- resumable state ------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -213,6 +216,7 @@ class LanguageModelTask(L.LightningModule):
             checkpoint["state_dict"][name] = gather_rows(tables.weight, tables.total_rows, self.model.table_shards.sg)
         self.check_finite()  # a checkpoint past the divergence would be resumed into it
         checkpoint["engram_lab"] = {"val_curve": self.val_curve, "train_seconds": self.train_seconds,
+                                    "validation_seconds": self.validation_seconds,
                                     "recent_losses": self.recent_losses, "rng": torch.get_rng_state()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -221,6 +225,7 @@ class LanguageModelTask(L.LightningModule):
         state = checkpoint.get("engram_lab", {})
         self.val_curve = [list(p) for p in state.get("val_curve", [])]
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.validation_seconds = float(state.get("validation_seconds", 0.0))
         self._recent_losses = list(state.get("recent_losses", []))
         if "rng" in state:
             torch.set_rng_state(state["rng"])

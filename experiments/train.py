@@ -340,15 +340,19 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
             trainer.fit(task, datamodule=data, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
             if not task.val_curve or task.val_curve[-1][0] != task.tokens_seen():
                 trainer.validate(task, datamodule=data, verbose=False)
+        heldout_started = time.perf_counter()
         heldout = heldout_loss(trainer, task, corpus.tokenizer, resolved) if resolved.data.heldout else None
+        heldout_s = time.perf_counter() - heldout_started if heldout is not None else None
     except Diverged as err:
         return finish("diverged", {"diverged_loss": err.loss}, reason=str(err), diverged_step=err.step)
     except Exception as err:  # any other failure is recorded, then surfaces to the caller
         raise TrialFailed(finish("failed", {}, reason=f"{type(err).__name__}: {err}")) from err
     model_dir = run_dir / "model"
+    save_started = time.perf_counter()
     state = whole_state_dict(task.model)  # every rank sends its rows of sharded tables to rank 0
     if leader:
         save_model(model_dir, task.model, resolved, corpus.tokenizer, state)
+    save_s = time.perf_counter() - save_started
     tok_s = task.tokens_per_step * steps / max(task.train_seconds, 1e-9)
     steady_tok_s = task.steady_tokens_per_second() or tok_s
     metrics = {
@@ -366,6 +370,12 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
         # from the first step to the steady rate: compilation and CUDA graph capture (less when this process compiled
         # the same shapes for an earlier trial)
         "warmup_s": task.warmup_seconds(),
+        # where the rest of the wall time went: inside the training steps, validation, the held-out score and the
+        # model's export; the remainder is between steps (batches, Lightning, checkpoints)
+        "steps_s": task.train_seconds,
+        "validation_s": task.validation_seconds,
+        **({"heldout_s": heldout_s} if heldout_s is not None else {}),
+        "save_s": save_s,
         "mfu": mfu(steady_tok_s / t.world, counts.train_flops_per_token, device_name()),  # of each device's peak
         "data": corpus.info,
     }

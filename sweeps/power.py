@@ -1,118 +1,32 @@
 """How many seeds per grid point locate rho* to a target, before the sweep runs (``engram-lab plan SPEC --power``).
 
-The planned rho values of each budget are trained again in simulation: a true curve (the law that AICc chose for a
-pilot sweep's runs at that budget, or the paper's U where no pilot has one) plus Gaussian seed noise (the pilot's
-pooled seed sd, or ``--noise``). Each simulated sweep is analysed as the U-curve fit analyses a real one: the three
-laws fitted to its runs, one chosen by AICc, rho* its minimiser on the sampled range
-(:func:`analysis.stats.choose_laws`; equal weights, the simulated noise being the same at every rho). The half-width
-for n seeds is the 95th percentile of |estimated rho* - true rho*| over the simulated sweeps: the +- that a sweep
-with n seeds at each point reaches 95 times in 100. A simulated sweep whose chosen law has its minimum at a range end
-(no interior optimum) misses by an infinite amount. The random draws are seeded: the same inputs give the same
-answer.
-
-Where the planned values do not reach the target with the simulated seed counts, the count is extrapolated as
-1/sqrt(seeds) unless the +- has stopped shrinking that way (a flat bottom or the grid's spacing then sets it, not the
-noise), and the same simulation runs on the grid refined around the curve's minimum (:func:`refined_grid`).
+The planned rho values of each budget are simulated as :mod:`analysis.power` does: the true curve is the law that
+AICc chose for a pilot sweep's runs at that budget (or the paper's U where no pilot has one), the noise the pilot's
+pooled seed sd (or ``--noise``). Where the planned values do not reach the target, the same simulation runs on the
+grid refined around the curve's minimum (:func:`analysis.power.refined_grid`).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from analysis import stats
+from analysis.power import DRAWS, LEVEL, SEED_COUNTS, TARGET, Curve, Power, power, refined_grid
 from engram.budget import count
 from sweeps.spec import PlannedTrial, SweepSpec
 
-SEED_COUNTS = (1, 2, 4, 8, 16)
-TARGET = 0.05
-LEVEL = 0.95
-DRAWS = 2000
 # PAPER.md section 1: 1.7248 at rho = 1 and 1.7109 near the optimum at rho ~ 0.75-0.80 (the 10B budget)
 PAPER_RHO_STAR = 0.78
 PAPER_DEPTH = 0.0139
-
-
-@dataclass
-class Curve:
-    """A true mean validation loss L(rho): a law of :data:`analysis.stats.U_MODELS` with its parameters."""
-
-    model: str
-    params: np.ndarray
-    source: str
-
-    def at(self, rho) -> np.ndarray:
-        return stats.u_predict(self.model, self.params, rho)
-
-    def minimum(self, lo: float, hi: float) -> float | None:
-        """The curve's minimiser on [lo, hi] when it lies strictly inside, else None (no optimum to locate)."""
-        x, interior, _ = stats.argmin_in_range(self.model, np.asarray(self.params, float)[None, :], lo, hi)
-        return float(x[0]) if interior[0] else None
 
 
 def paper_curve() -> Curve:
     c = PAPER_DEPTH / (1 - PAPER_RHO_STAR) ** 2
     return Curve("quadratic", np.array([c * PAPER_RHO_STAR ** 2, -2 * c * PAPER_RHO_STAR, c]),
                  f"the paper's U (rho* {PAPER_RHO_STAR}, L(1) - L(rho*) = {PAPER_DEPTH})")
-
-
-def half_width(rhos, curve: Curve, noise: float, seeds: int, draws: int = DRAWS, level: float = LEVEL) -> float:
-    """The +- on rho* that a sweep of ``seeds`` runs at each of ``rhos`` reaches with probability ``level``."""
-    x = np.repeat(np.asarray(rhos, float), seeds)
-    lo, hi = float(x.min()), float(x.max())
-    names = stats.participating_laws(len(set(rhos)), len(x))
-    if not names:
-        return math.inf
-    rng = np.random.default_rng(seeds)
-    Y = curve.at(x)[None, :] + rng.standard_normal((draws, len(x))) * noise
-    est = stats.choose_laws(x, Y, np.ones(len(x)), lo, hi, names)
-    miss = np.where(est["interior"], np.abs(est["rho_star"] - curve.minimum(lo, hi)), np.inf)
-    return float(np.quantile(miss, level, method="inverted_cdf"))
-
-
-@dataclass
-class Power:
-    half_widths: dict[int, float]  # seeds per point -> +- on rho*
-    needed: int | None  # the fewest seeds per point that reach the target, up to the largest simulated count
-    extrapolated: int | None  # past that count: the count that 1/sqrt(seeds) scaling from it gives
-    levels_off: bool = False  # the +- fell clearly slower than 1/sqrt(seeds) over the last doubling: no extrapolation
-
-
-# over the last doubling of seeds a +- that shrinks by less than 1/sqrt(2) times this is levelling off: the grid's
-# spacing or the flat bottom of the curve, not the noise, sets it
-LEVELLING = 1.15
-
-
-def power(rhos, curve: Curve, noise: float, target: float = TARGET, seed_counts=SEED_COUNTS) -> Power:
-    """Half-widths at ``seed_counts`` and the fewest seeds per point that reach ``target``."""
-    if curve.minimum(min(rhos), max(rhos)) is None:
-        raise ValueError(f"{curve.source} has no minimum inside the planned rho values: no rho* to locate")
-    widths = {n: half_width(rhos, curve, noise, n) for n in seed_counts}
-    reached = [n for n in seed_counts if widths[n] <= target]
-    if reached:
-        below = max([n for n in seed_counts if n < reached[0]], default=0)
-        needed = next(n for n in range(below + 1, reached[0] + 1)
-                      if n == reached[0] or half_width(rhos, curve, noise, n) <= target)
-        return Power(widths, needed, None)
-    last, largest = seed_counts[-2], seed_counts[-1]
-    if not math.isfinite(widths[largest]):
-        return Power(widths, None, None)
-    if widths[largest] > LEVELLING * widths[last] * math.sqrt(last / largest):
-        return Power(widths, None, None, levels_off=True)
-    return Power(widths, None, math.ceil(largest * (widths[largest] / target) ** 2))
-
-
-def refined_grid(rhos, rho_star: float) -> list[float]:
-    """``rhos`` with the midpoints of the neighbouring pairs that lie within two grid steps (the median spacing) of
-    ``rho_star``: where the minimum is, points locate it; far from it they mostly fix the arms."""
-    rhos = sorted(rhos)
-    step = float(np.median(np.diff(rhos)))
-    near = [(a + b) / 2 for a, b in itertools.pairwise(rhos) if max(abs(a - rho_star), abs(b - rho_star)) <= 2 * step]
-    return sorted(rhos + [round(m, 4) for m in near])
 
 
 # -- inputs: the plan and a pilot ---------------------------------------------------------------------------------

@@ -351,3 +351,25 @@ def test_fits_json_is_strict_json(tmp_path):
     path = fits.save_fits(fits.fit_all(df, n_boot=300), tmp_path / "fits.json")
     loaded = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert loaded["schema"] == fits.SCHEMA and loaded["memory_scaling"]["status"] == "no runs"
+
+
+def test_a_wide_rho_star_interval_says_how_many_seeds_would_narrow_it():
+    law = quadratic_law(1.8, 0.6, 0.5)
+    wide = fits.fit_all(frame_from_records(simulate_u_curve(np.random.default_rng(7), {"b": law}, NINE, seeds=2,
+                                                            noise=0.02)), n_boot=300)
+    b = wide["u_curve"]["budgets"]["b"]
+    lo, hi = b["optimum"]["ci_bootstrap"]
+    s = b["seeds_for_target"]
+    assert hi - lo > 0.1 and s["seeds_now"] == 2 and s["noise"] == b["noise_floor"]["pooled_sd"]
+    # the simulation agrees with the bootstrap: the sweep as run does not reach +-0.05, more seeds do
+    widths = s["grid"]["half_widths"]
+    assert widths[2] > 0.05 and s["grid"]["needed"] > 2 and widths[16] < widths[2]
+    assert s["true_rho_star"] == pytest.approx(b["optimum"]["estimate"], abs=1e-6)
+    assert f"rho* to +-0.05 takes {s['grid']['needed']} seeds per point" in b["verdict"]
+    assert "- seeds: rho* to +-0.05 takes" in report._laws(wide)
+    # a narrow interval needs no more seeds
+    narrow = fits.fit_u_curve(frame_from_records(simulate_u_curve(np.random.default_rng(7), {"b": law}, NINE,
+                                                                  seeds=4, noise=0.001)), n_boot=300)
+    n = narrow["budgets"]["b"]
+    assert n["optimum"]["ci_bootstrap"][1] - n["optimum"]["ci_bootstrap"][0] <= 0.1
+    assert n["seeds_for_target"] is None and "seeds per point" not in n["verdict"]

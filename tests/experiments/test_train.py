@@ -51,6 +51,8 @@ def test_tiny_trial_completes_and_learns(trained):
     # 60 steps: the steady rate leaves out the first 10 (start-up), the overall rate counts them
     assert m["tokens_per_second_steady"] > 0 and m["tokens_per_second"] > 0
     assert m["startup_s"] > 0 and m["warmup_s"] is not None and m["warmup_s"] < record["wall_time_s"]
+    phases = [m["startup_s"], m["steps_s"], m["validation_s"], m["save_s"]]
+    assert min(phases) > 0 and sum(phases) < record["wall_time_s"]
     path = root / "results" / "_runs" / "runs" / f"{record['run_id']}.json"
     assert read_run_record(path)["run_id"] == record["run_id"] == trial_id(resolve(trial))
     checkpoints = root / "runs" / "_runs" / record["run_id"] / "checkpoints"
@@ -452,5 +454,6 @@ def test_a_heldout_source_is_scored_with_the_runs_tokenizer_and_never_trained_on
     m = record["metrics"]
     assert record["status"] == "completed" and math.isfinite(m["heldout_loss"])
     assert m["heldout_loss"] > m["val_loss"] + 1.0  # far worse on text unlike the training text
+    assert m["heldout_s"] > 0
     assert "heldout_loss" not in run_trial(trial_from_dict(tiny(data={**data, "heldout": None})),
                                            results=tmp_path / "results", workdir=tmp_path / "runs")["metrics"]

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import yaml
 
+from analysis.power import Curve, half_width, power, refined_grid
 from analysis.simulate import quadratic_law, simulate_u_curve, write_sweep
 from engram_lab.cli import main
-from sweeps.power import Curve, half_width, paper_curve, power, refined_grid
+from sweeps.power import paper_curve
 
 from ..experiments.tiny import tiny
 

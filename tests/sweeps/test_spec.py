@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,8 @@ def test_a_slurm_layout_is_the_trials_and_keeps_its_run_id(tmp_path):
     on = on_slurm(planned, spec.launch.slurm)
     assert (on.trial.train.num_nodes, on.trial.train.devices) == (2, 4)
     assert trial_id(on.trial) == on.run_id == planned.run_id
+    compiled = dataclasses.replace(on.trial, train=dataclasses.replace(on.trial.train, compile="cudagraphs"))
+    assert trial_id(compiled) == planned.run_id  # compiled or eager: one trial, resumed and found done either way
     with pytest.raises(ConfigError) as err:  # 8 sequences a step cannot split over 16 GPUs
         on_slurm(planned, SlurmSpec(nodes=2, gpus_per_node=8, tasks_per_node=8))
     assert "train.batch_size" in str(err.value)
