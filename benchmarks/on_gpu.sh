@@ -7,7 +7,8 @@
 #   bash benchmarks/on_gpu.sh check              # compiled steps and trials against eager ones (pytest)
 #   bash benchmarks/on_gpu.sh bench NAME [ARGS]  # benchmarks/NAME.py (trainer_paths, batched_seeds, profile_step,
 #                                                #   sweep_throughput, ...) and its results/benchmarks/NAME.json
-#   bash benchmarks/on_gpu.sh ladder SECONDS     # the allocation ladder, resumed, for at most SECONDS
+#   bash benchmarks/on_gpu.sh ladder SECONDS     # the allocation ladder, resumed, for at most SECONDS: compiled
+#                                                #   into CUDA graphs when a check passed on this machine, else eager
 set -uo pipefail
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
@@ -21,8 +22,10 @@ if [ ! -d ../corpora/english ] && [ -d .data/english ]; then  # the ladder's tex
 fi
 case "${1:-}" in
   check)
+    rm -f runs/compiled-steps-ok
     python3 -m pytest -q -p no:cacheprovider tests/engram/test_compiled_training.py \
-      tests/experiments/test_train.py -k "plain_eager or compiled_steps" 2>&1 | tee "$OUT/check.log" ;;
+      tests/experiments/test_train.py -k "plain_eager or compiled_steps" 2>&1 | tee "$OUT/check.log" \
+      && mkdir -p runs && touch runs/compiled-steps-ok ;;
   bench)
     name=${2:?bench NAME}
     python3 "benchmarks/$name.py" "${@:3}" 2>&1 | grep -v -i "warn\|srun\|litlogger" | tee "$OUT/$name.log"
@@ -34,9 +37,11 @@ case "${1:-}" in
     fi
     # to a file, not a pipe: trial jobs inherit the driver's output and outlive its --timeout, and a reader of the
     # pipe would wait for them all
+    compiled=()  # trials are the same trials compiled or not (their run ids say so); only a passed check switches
+    [ -f runs/compiled-steps-ok ] && compiled=(--compile cudagraphs) && echo "ladder: compiled into CUDA graphs"
     python3 -m engram_lab sweep sweeps/specs/allocation_ladder.yaml --results runs/gpu-results --workdir runs \
-      --no-analysis --retry-failed --timeout "${2:-500}" >> "$OUT/ladder.log" 2>&1
-    pkill -f submitit.local._local  # the machine is handed back after this: a later driver resumes these trials
+      --no-analysis --retry-failed --timeout "${2:-500}" "${compiled[@]}" >> "$OUT/ladder.log" 2>&1
+    pkill -9 -f submitit  # jobs ignore SIGTERM (as on SLURM) and would train on; a later driver resumes them
     grep -a -v "Epoch\|Training\|Validation" "$OUT/ladder.log" | tail -n 40
     tar czf "$OUT/ladder-records.tgz" -C runs/gpu-results . ;;
   *) echo "usage: $0 check | bench NAME [ARGS] | ladder SECONDS"; exit 2 ;;

@@ -33,13 +33,13 @@ from typing import Callable
 
 import submitit
 
-from engram.config import build
+from engram.config import ConfigError, build
 from experiments.config import TrialConfig
 from engram_lab.records import RecordError, read_run_record, run_path
 from engram_lab.files import waiting_lock, write_atomic
 from experiments.train import TrialBusy, TrialFailed, run_trial, trial_dir, trial_lock
 from sweeps.plan import format_plan, plan_rows
-from sweeps.spec import PlannedTrial, SweepSpec, expand, load_spec, on_slurm, spec_text
+from sweeps.spec import PlannedTrial, SweepSpec, compiled_as, expand, load_spec, on_slurm, spec_text
 
 SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
                 "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT"}
@@ -477,12 +477,16 @@ def first_seeds_first(spec: SweepSpec, todo: list[PlannedTrial]) -> list[Planned
 
 def run_sweep(spec_path: str | Path, results: str | Path = "results", workdir: str | Path = "runs",
               executor: str | None = None, retry_failed: bool = False, dry_run: bool = False, wait: bool = True,
-              analyse: bool = True, poll_s: float = 5.0, timeout_s: float | None = None, echo=print) -> SweepOutcome:
+              analyse: bool = True, poll_s: float = 5.0, timeout_s: float | None = None, echo=print,
+              compile_: bool | str | None = None) -> SweepOutcome:
     """Plan, submit and (unless ``wait=False``) see a grid sweep through; see the module docstring. ``echo`` hears
-    the plan, then one line for each trial as it finishes."""
+    the plan, then one line for each trial as it finishes. ``compile_`` overrides every trial's ``train.compile``
+    (grid sweeps): finished trials stay finished, the rest train that way."""
     from sweeps.study import default_storage_url
 
     spec = load_spec(spec_path)
+    if spec.is_study and compile_ is not None:
+        raise ConfigError("--compile", "applies to grid sweeps; set train.compile in the study's spec instead")
     if spec.is_study:
         from sweeps.optuna_study import run_study
 
@@ -491,6 +495,8 @@ def run_sweep(spec_path: str | Path, results: str | Path = "results", workdir: s
     planned = expand(spec)
     if kind == "slurm":
         planned = [on_slurm(p, spec.launch.slurm) for p in planned]
+    if compile_ is not None:
+        planned = [compiled_as(p, compile_) for p in planned]
     echo(format_plan(spec, plan_rows(spec, planned)))
     if dry_run:
         return SweepOutcome(planned, {p.run_id: {"state": "planned"} for p in planned})

@@ -291,6 +291,15 @@ def on_slurm(p: PlannedTrial, slurm: SlurmSpec) -> PlannedTrial:
     return dataclasses.replace(p, trial=dataclasses.replace(p.trial, train=train))
 
 
+def compiled_as(p: PlannedTrial, compile_: bool | str) -> PlannedTrial:
+    """``p`` with its steps run as ``train.compile`` says (the run id stays: how a step runs is not part of it)."""
+    try:
+        train = dataclasses.replace(p.trial.train, compile=compile_)
+    except ConfigError as err:
+        raise ConfigError(f"--compile: train.{err.field}", err.reason) from None
+    return dataclasses.replace(p, trial=dataclasses.replace(p.trial, train=train))
+
+
 def grid_points(spec: SweepSpec) -> list[dict]:
     """Axis keys of every grid point, then the extra points, one that names no seed at every seed of the seed axis
     (duplicates dropped, order kept)."""

@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from engram.config import ConfigError
+from engram_lab.cli import main
 from sweeps.launch import SweepPaths, prepare, run_sweep
 from sweeps.status import sweep_status
 from experiments.config import trial_from_dict, trial_id
@@ -165,3 +166,22 @@ def test_sweep_names_of_letters_digits_dashes_underscores_and_dots_are_kept(tmp_
     for name in ("allocation-text", "eval_synthetic_5e7", "v1.2"):
         assert load_spec(_spec(tmp_path, name=name)).name == name
         assert trial_from_dict(tiny(), [f"sweep={name}"]).sweep == name
+
+
+def test_a_sweep_launched_compiled_keeps_its_run_ids_and_its_finished_trials(tmp_path, capsys):
+    path = _spec(tmp_path, grid={"rho": {"path": "budget.rho", "values": [0.5, 0.8]}}, launch={"executor": "debug"})
+    where = {"results": tmp_path / "results", "workdir": tmp_path / "runs", "analyse": False}
+    eager = run_sweep(path, **where)
+    assert eager.count("completed") == 2
+    records = {p: p.read_text() for p in (tmp_path / "results" / "t" / "runs").glob("*.json")}
+    planned = run_sweep(path, dry_run=True, compile_="cudagraphs").planned
+    assert [p.run_id for p in planned] == [p.run_id for p in eager.planned]
+    assert {p.trial.train.compile for p in planned} == {"cudagraphs"}
+    again = main(["sweep", str(path), "--compile", "true", "--no-analysis", "--results", str(where["results"]),
+                  "--workdir", str(where["workdir"])])
+    assert again == 0 and {p: p.read_text() for p in records} == records  # found done, not trained again
+    study = _spec(tmp_path, optuna={"n_trials": 1, "space": {"optim.lr": {"type": "float", "low": 1e-3,
+                                                                          "high": 1e-2}}})
+    capsys.readouterr()
+    assert main(["sweep", str(study), "--compile", "true"]) == 2
+    assert "--compile" in capsys.readouterr().err
