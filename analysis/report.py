@@ -267,11 +267,14 @@ def _methods(fits: dict) -> str:
 - **Data.** Every run record of the sweeps is in the run table; only completed runs enter fits, and each fit
   states how many runs of its experiment it left out. rho is the achieved ratio from the accounting, not the
   requested one.
-- **U-curve.** A quadratic in rho by least squares per budget (WLS on per-rho means with 1/variance weights when
-  every rho has two or more seeds, OLS on runs otherwise), with a cubic as the more flexible alternative (AIC/BIC).
-  rho* = -b/(2c) has a delta-method interval and a parametric-bootstrap percentile interval; the optimum counts
-  as interior only if the curvature is significantly positive (one-sided, {100 - level}%) and both intervals lie
-  inside the sampled rho range.
+- **U-curve.** Per budget, the verdict reads rho* of the law that AICc chooses among a quadratic, a cubic and an
+  asymmetric U fitted to the runs, rho* its minimiser on the sampled range, with a percentile interval from a
+  bootstrap over seeds that chooses the law again in every resample; the optimum is shown interior when it lies
+  strictly inside the range in at least {level}% of them. The quadratic (WLS on per-rho means with 1/variance
+  weights when every rho has two or more seeds, OLS on runs otherwise; rho* = -b/(2c) with delta-method and
+  parametric-bootstrap intervals) is reported beside it and drawn. Where the chosen law's interval is wider than
+  0.10, the seeds per point that would narrow it to +-0.05 come from sweeps simulated with that law as the truth
+  and the budget's pooled seed sd as the noise, each analysed the same way.
 - **Memory scaling.** OLS of log loss on log slots (power law) and of loss on log10 slots (the paper's log-linear
   reading), per method; method differences from a pooled two-line fit.
 - **Placement and ablations.** Seed means with t-intervals; Welch comparisons, Holm-adjusted across layers or
