@@ -11,7 +11,12 @@ and fused AdamW, the loss compiled into CUDA graphs, at S = 1, 2, 4, 8 and 16 se
 Prints tokens per second summed over the seeds, MFU against the device's dense bf16 peak and the ratio to one seed.
 A check first: seed s of a stack computes what a one-seed model holding seed s's weights computes.
 
+``--budgets`` measures the stand-ins of other rungs of the ladder; ``--widths`` widens the largest named rung's
+stand-in (its depth, its feed-forward and head sizes in proportion): where, in width, one model of this family
+would use a quarter of the GPU.
+
     PYTHONPATH=. python3 benchmarks/batched_seeds.py
+    PYTHONPATH=. python3 benchmarks/batched_seeds.py --budgets 7e14 3e15 --widths 512 768 --seeds 1 4
     BENCH_SMOKE=1 PYTHONPATH=. python3 benchmarks/batched_seeds.py   # the script's path on a CPU, toy sizes
 """
 
@@ -128,19 +133,37 @@ def measure(seeds: int, shape: dict, dev: torch.device) -> dict:
             "memory GB": torch.cuda.max_memory_allocated() / 1e9 if dev.type == "cuda" else None}
 
 
+def widened(shape: dict, d_model: int) -> dict:
+    """``shape`` at width ``d_model``: heads of the same size, the feed-forward in the same proportion."""
+    head = shape["d_model"] // shape["n_heads"]
+    return {**shape, "d_model": d_model, "n_heads": max(1, d_model // head),
+            "ffn": round(shape["ffn"] * d_model / shape["d_model"])}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    ap.add_argument("--budgets", nargs="+", default=["2e14"], help="ladder rungs whose stand-ins to measure")
+    ap.add_argument("--widths", type=int, nargs="*", default=[], help="the last rung's stand-in widened to these")
     args = ap.parse_args()
+    seeds = sorted(set(args.seeds) | {1})  # one seed is the reference
     dev = device()
-    shape = SMOKE if smoke() else ladder_shape()
-    error = check(shape, dev)
-    print(f"check: seed 1 of a stack against its own model, relative error {error:.2g}")
-    rows = [measure(s, shape, dev) for s in args.seeds]
-    for row in rows:
-        row["vs 1 seed"] = row["tokens/s"] / rows[0]["tokens/s"]
-    print(table(rows, ["seeds", "step ms", "tokens/s", "mfu", "vs 1 seed", "memory GB"]))
-    write_result("batched_seeds", {"shape": shape, "check_relative_error": error, "rows": rows})
+    if smoke():
+        shapes = {"smoke": SMOKE} | {f"smoke d{w}": widened(SMOKE, w) for w in args.widths}
+    else:
+        shapes = {b: ladder_shape(b) for b in args.budgets}
+        last = shapes[args.budgets[-1]]
+        shapes |= {f"{args.budgets[-1]} widened to d{w}": widened(last, w) for w in args.widths}
+    error = max(check(shape, dev) for shape in shapes.values())
+    print(f"check: seed 1 of a stack against its own model, largest relative error {error:.2g}")
+    rows = []
+    for name, shape in shapes.items():
+        measured = [{"shape": name, "d_model": shape["d_model"], **measure(s, shape, dev)} for s in seeds]
+        for row in measured:
+            row["vs 1 seed"] = row["tokens/s"] / measured[0]["tokens/s"]
+        rows += measured
+    print(table(rows, ["shape", "d_model", "seeds", "step ms", "tokens/s", "mfu", "vs 1 seed", "memory GB"]))
+    write_result("batched_seeds", {"shapes": shapes, "check_relative_error": error, "rows": rows})
 
 
 if __name__ == "__main__":
