@@ -100,8 +100,12 @@ def _data(df: pd.DataFrame, fits: dict) -> str:
                             "P_act (median)": g["accounting.P_act"].median(),
                             "rho values": g["accounting.rho"].nunique(), "runs": g.size()}).reset_index()
         acc["P_tot / P_act"] = acc["P_tot (median)"] / acc["P_act (median)"]
+        if {"accounting.tokens", "metrics.data.train_tokens_available"} <= set(alloc.columns):
+            reads = alloc["accounting.tokens"] / alloc["metrics.data.train_tokens_available"]
+            acc["text reads (most)"] = reads.groupby(b).max().reindex(acc["budget"]).to_numpy()
         acc = acc.sort_values("budget", key=lambda s: s.map(budget_order))
-        lines.append("Allocation budgets as trained (the paper keeps P_tot / P_act ~ 10 at 5.7B and 9.9B total):\n")
+        lines.append("Allocation budgets as trained (the paper keeps P_tot / P_act ~ 10 at 5.7B and 9.9B total; text "
+                     "reads: a run's training tokens over the training text's, the most at each budget):\n")
         lines.append(tables.to_markdown(acc))
     return "\n".join(lines) + "\n"
 

@@ -135,3 +135,16 @@ def test_runs_that_learned_no_context_are_named():
     text = report._data(df, {"sweeps": [SWEEP], "runs": {"excluded_runs": []}})
     assert "learned token frequencies and no context" in text and stalled["run_id"] in text
     assert report.unlearned_runs(frame_from_records(runs[4:])).empty
+
+
+def test_the_budgets_table_says_how_often_a_run_read_its_text():
+    runs = simulate_u_curve(np.random.default_rng(0), seeds=1, sweep=SWEEP)
+    for r in runs:
+        r["metrics"]["data"] = {"train_tokens_available": r["accounting"]["tokens"] // 2}  # every run reads it twice
+    runs[0]["metrics"]["data"]["train_tokens_available"] = runs[0]["accounting"]["tokens"] // 4
+    text = report._data(frame_from_records(runs), {"sweeps": [SWEEP], "runs": {"excluded_runs": []}})
+    table = text[text.index("| budget |"):]
+    budget = str(runs[0]["axes"]["budget"])
+    rows = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in table.splitlines()[2:] if line}
+    assert "text reads (most)" in table.splitlines()[0] and float(rows[budget]) == 4.0
+    assert all(float(v) == 2.0 for b, v in rows.items() if b != budget)
