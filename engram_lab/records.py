@@ -24,7 +24,8 @@ Run record fields:
                   warmup_s (the first steps' time beyond the steady rate: compilation, CUDA graph capture),
                   steps_s, validation_s, heldout_s, save_s (the time inside the training steps, in validation,
                   scoring the held-out text and exporting the model; the wall time's remainder after these and
-                  startup_s is between steps), unigram_entropy (of the validation tokens, nats) and anything else the trainer measured
+                  startup_s is between steps), unigram_entropy (of the validation tokens, nats) and anything else
+                  the trainer measured
     checkpoint    the final model folder ``<workdir>/<sweep>/<run_id>/model`` (:func:`portable_path`), or None
     wall_time_s, device, versions {python, torch, lightning, ...}, git_commit, created (ISO time, UTC)
     resumed_from  (optional: absent from records written before it existed, so not in RUN_FIELDS) how the process
