@@ -203,23 +203,12 @@ def _seeds_for_target(f: dict, draws: int) -> dict | None:
     lo, hi = o["ci_bootstrap"]
     if lo is not None and hi is not None and hi - lo <= 2 * power.TARGET:
         return None
-    chosen = f["selection"]["chosen"]
-    curve = power.Curve(chosen, np.asarray(f["selection"]["candidates"][chosen]["params"], float),
-                        f"the {chosen} law chosen by AICc")
-    rhos = sorted(float(pt["rho"]) for pt in f["points"])
-    out = {"target": power.TARGET, "level": power.LEVEL, "noise": noise, "draws": draws,
-           "seeds_now": int(np.median([pt["n"] for pt in f["points"]])), "true_rho_star": None,
-           "grid": None, "refined": None}
-    true = curve.minimum(rhos[0], rhos[-1])
-    if true is None:  # the chosen law's minimum is at a range end: there is no optimum to locate
-        return out
-    grid = power.power(rhos, curve, noise, draws=draws)
-    out.update(true_rho_star=true, grid={"rhos": rhos, **asdict(grid)})
-    if grid.needed is None and math.isfinite(grid.half_widths[power.SEED_COUNTS[-1]]):
-        dense = power.refined_grid(rhos, true)
-        if len(dense) > len(rhos):
-            out["refined"] = {"rhos": dense, **asdict(power.power(dense, curve, noise, draws=draws))}
-    return out
+    curve = power.chosen_curve(f["selection"], f"the {f['selection']['chosen']} law chosen by AICc")
+    needed = power.seeds_needed([pt["rho"] for pt in f["points"]], curve, noise, draws=draws)
+    return {"target": power.TARGET, "level": power.LEVEL, "noise": noise, "draws": draws,
+            "seeds_now": int(np.median([pt["n"] for pt in f["points"]])), "true_rho_star": needed.rho_star,
+            "grid": None if needed.grid is None else {"rhos": needed.rhos, **asdict(needed.grid)},
+            "refined": None if needed.refined is None else {"rhos": needed.refined_rhos, **asdict(needed.refined)}}
 
 
 def _noise_floor(points: pd.DataFrame) -> dict:
@@ -242,7 +231,7 @@ def _u_verdict(f: dict, level: float) -> str:
              f"interior in {b['share_interior']:.0%})")
     noise = f["noise_floor"]["mean_sd"]
     noise = "" if noise is None else f"; seed-to-seed sd {noise:.4f}"
-    seeds = f"; {seeds_needed(f['seeds_for_target'])}" if f.get("seeds_for_target") else ""
+    seeds = f"; {seeds_sentence(f['seeds_for_target'])}" if f.get("seeds_for_target") else ""
     if o["interior_shown"]:
         g = o["loss_gap_rho1"]
         gap = "" if g is None else (f"; pure MoE (rho = 1) costs {g['estimate']:.4f} in loss "
@@ -252,7 +241,7 @@ def _u_verdict(f: dict, level: float) -> str:
             f"{b['share_at_low']:.0%} of resamples and at rho = {hi:.2f} in {b['share_at_high']:.0%}{noise}{seeds}")
 
 
-def seeds_needed(s: dict) -> str:
+def seeds_sentence(s: dict) -> str:
     """One sentence from :func:`_seeds_for_target`: the seeds per point that locate rho* to the target."""
     to = f"rho* to +-{s['target']:g}"
     if s["grid"] is None:

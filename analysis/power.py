@@ -11,8 +11,9 @@ The random draws are seeded: the same inputs give the same answer.
 
 Where the rho values do not reach the target with the simulated seed counts, the count is extrapolated as
 1/sqrt(seeds) unless the +- has stopped shrinking that way (a flat bottom or the grid's spacing then sets it, not the
-noise); :func:`refined_grid` gives the grid to try instead. ``engram-lab plan --power`` runs this before a sweep
-(sweeps/power.py), the U-curve fit after one, where its rho* interval is wider than the target (analysis/fits.py).
+noise); then :func:`seeds_needed` simulates the grid refined around the minimum (:func:`refined_grid`) as well.
+``engram-lab plan --power`` runs it before a sweep (sweeps/power.py), the U-curve fit after one, where its rho*
+interval is wider than the target (analysis/fits.py).
 """
 
 from __future__ import annotations
@@ -102,3 +103,34 @@ def refined_grid(rhos, rho_star: float) -> list[float]:
     step = float(np.median(np.diff(rhos)))
     near = [(a + b) / 2 for a, b in itertools.pairwise(rhos) if max(abs(a - rho_star), abs(b - rho_star)) <= 2 * step]
     return sorted(rhos + [round(m, 4) for m in near])
+
+
+@dataclass
+class SeedsNeeded:
+    """:func:`power` on some rho values and, where more seeds on them cannot reach the target, on the grid refined
+    around the curve's minimum."""
+
+    rhos: list[float]
+    rho_star: float | None  # the true curve's minimum inside the rho values; None: there is no optimum to locate
+    grid: Power | None = None
+    refined_rhos: list[float] | None = None
+    refined: Power | None = None
+
+
+def seeds_needed(rhos, curve: Curve, noise: float, target: float = TARGET, draws: int = DRAWS) -> SeedsNeeded:
+    rhos = sorted(float(r) for r in rhos)
+    true = curve.minimum(rhos[0], rhos[-1])
+    if true is None:
+        return SeedsNeeded(rhos, None)
+    out = SeedsNeeded(rhos, true, power(rhos, curve, noise, target, draws=draws))
+    if out.grid.needed is None and math.isfinite(out.grid.half_widths[SEED_COUNTS[-1]]):
+        dense = refined_grid(rhos, true)
+        if len(dense) > len(rhos):
+            out.refined_rhos, out.refined = dense, power(dense, curve, noise, target, draws=draws)
+    return out
+
+
+def chosen_curve(selection: dict, source: str) -> Curve:
+    """The law a U-curve fit's AICc selection chose (``analysis.stats.u_model_choice``), as a true curve."""
+    chosen = selection["chosen"]
+    return Curve(chosen, np.asarray(selection["candidates"][chosen]["params"], float), source)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from analysis import probes, tables
 from analysis.claims import CANNOT, CONTRADICTS, SUPPORTS
-from analysis.fits import budget_order, seeds_needed
+from analysis.fits import budget_order, seeds_sentence
 
 SECTIONS = ("Summary", "Data", "Fitted laws", "Comparison with the paper", "Probes", "Figures", "Run table",
             "Methods and caveats")
@@ -144,7 +144,7 @@ def _law_choice(f: dict) -> list[str]:
              f"seed resamples ({b['scheme']}) that choose the law again: interior in {b['share_interior']:.0%}"]
     s = f.get("seeds_for_target")
     if s is not None:
-        lines.append(f"- seeds: {seeds_needed(s)}")
+        lines.append(f"- seeds: {seeds_sentence(s)}")
         for name in ("grid", "refined"):
             if s[name] is not None:
                 widths = ", ".join(f"{n}: {_fmt(w, 3) if w is not None and math.isfinite(w) else 'none'}"

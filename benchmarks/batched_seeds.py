@@ -3,16 +3,17 @@
 A trial of the allocation ladder is too small to fill an H100/H200 (results/README.md: 1-3% of the bf16 peak per
 trial, eager or with CUDA graphs). Trained as one model, S seeds of one grid point would keep the kernel count of a
 single model while every kernel grows S times: each weight gets a leading seed dimension and each matmul becomes a
-batched matmul over the seeds. Before the trainer is built that way, this measures the ceiling on a stand-in of the
-ladder's 2e14 model (rho 0.8, as the spec resolves it): its width, depth, heads, vocabulary, batch and sequence
-length, with the MoE's active feed-forward (the shared and the top-k routed experts) as one SwiGLU of their summed
-hidden width, and no Engram lookup and no routing (their kernels would come on top). Each step is forward, backward
-and fused AdamW, the loss compiled into CUDA graphs, at S = 1, 2, 4, 8 and 16 seeds; the reference is S = 1.
-Prints tokens per second summed over the seeds, MFU against the device's dense bf16 peak and the ratio to one seed.
-A check first: seed s of a stack computes what a one-seed model holding seed s's weights computes.
+batched matmul over the seeds. Before a trainer is built that way, this measures the ceiling (on an H200: 1.32x at
+16 seeds, results/README.md 2026-12-03, so none was built) on a stand-in of the ladder's 2e14 model (rho 0.8, as the
+spec resolves it): its width, depth, heads, vocabulary, batch and sequence length, with the MoE's active
+feed-forward (the shared and the top-k routed experts) as one SwiGLU of their summed hidden width, and no Engram
+lookup and no routing (their kernels would come on top). Each step is forward, backward and fused AdamW, the loss
+compiled into CUDA graphs, at S = 1, 2, 4, 8 and 16 seeds; the reference is S = 1. Prints tokens per second summed
+over the seeds, MFU against the device's dense bf16 peak and the ratio to one seed. A check first: seed s of a stack
+computes what a one-seed model holding seed s's weights computes.
 
-``--budgets`` measures the stand-ins of other rungs of the ladder; ``--widths`` widens the largest named rung's
-stand-in (its depth, its feed-forward and head sizes in proportion): where, in width, one model of this family
+``--budgets`` measures the stand-ins of other rungs of the ladder; ``--widths`` widens the last named rung's
+stand-in (its depth and head size kept, its feed-forward in proportion): where, in width, one model of this family
 would use a quarter of the GPU.
 
     PYTHONPATH=. python3 benchmarks/batched_seeds.py

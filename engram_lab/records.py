@@ -93,7 +93,7 @@ LATER_DATA_DEFAULTS = {("synthetic", "needle_queries"): 1, ("synthetic", "catego
 # not the computation): the run id hashes every trial as one eager process runs it, so a trial resumes from its
 # checkpoints, and is found done, on any layout and either way. The record keeps the config as it ran.
 LAYOUT_FIELDS = ("devices", "num_nodes", "strategy", "shard_tables", "compile")
-ONE_PROCESS = {"devices": 1, "num_nodes": 1, "strategy": "auto", "compile": False}
+AS_ONE_EAGER_PROCESS = {"devices": 1, "num_nodes": 1, "strategy": "auto", "compile": False}
 
 
 def data_identity(data: dict) -> dict:
@@ -117,7 +117,8 @@ def run_id(resolved_config: dict) -> str:
     if "data" in config:
         config["data"] = data_identity(config["data"])
     if "train" in config:
-        config["train"] = {**{k: v for k, v in config["train"].items() if k not in LAYOUT_FIELDS}, **ONE_PROCESS}
+        train = {k: v for k, v in config["train"].items() if k not in LAYOUT_FIELDS}
+        config["train"] = {**train, **AS_ONE_EAGER_PROCESS}
     blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.power import DRAWS, LEVEL, SEED_COUNTS, TARGET, Curve, Power, power, refined_grid
+from analysis.power import DRAWS, LEVEL, SEED_COUNTS, TARGET, Curve, Power, chosen_curve, seeds_needed
 from engram.budget import count
 from sweeps.spec import PlannedTrial, SweepSpec
 
@@ -81,9 +81,8 @@ def read_pilot(results: str | Path, sweep: str) -> Pilot:
         for budget in sorted(set(budgets)):
             selection = fits.fit_u_curve_group(runs[budgets == budget], n_boot=100).get("selection")
             if selection:
-                chosen = selection["chosen"]
-                curves[budget] = Curve(chosen, np.asarray(selection["candidates"][chosen]["params"]),
-                                       f"the {chosen} law AICc chose for {sweep} budget {budget}")
+                curves[budget] = chosen_curve(selection, f"the {selection['chosen']} law AICc chose for {sweep} "
+                                                         f"budget {budget}")
     return Pilot(sweep, tables.pooled_sd(floor), int((floor["seeds"] - 1).sum()), curves)
 
 
@@ -118,20 +117,18 @@ def power_report(spec: SweepSpec, planned: list[PlannedTrial], results: str | Pa
         curve = curves.get(grid.budget) or next(iter(curves.values()), None) or paper_curve()
         lines.append(f"{label}: {len(grid.rhos)} rho values {grid.rhos[0]:.2f}-{grid.rhos[-1]:.2f}; "
                      f"curve: {curve.source}")
-        true = curve.minimum(grid.rhos[0], grid.rhos[-1])
-        if true is None:
+        needed = seeds_needed(grid.rhos, curve, noise, target)
+        if needed.rho_star is None:
             lines.append("  the curve has no minimum inside the planned rho values: there is no optimum in them to "
                          "locate, with any number of seeds")
             continue
-        result = power(grid.rhos, curve, noise, target)
-        lines += _power_lines(result, true, target)
-        if result.needed is None and math.isfinite(result.half_widths[SEED_COUNTS[-1]]):
-            dense = refined_grid(grid.rhos, true)
-            added = sorted(set(dense) - set(grid.rhos))
-            if added:
-                lines.append(f"  refined around rho* {true:.3f} (adding rho {', '.join(f'{r:.2f}' for r in added)}; "
-                             f"{len(dense)} values):")
-                lines += _power_lines(power(dense, curve, noise, target), true, target, points=len(dense))
+        true = needed.rho_star
+        lines += _power_lines(needed.grid, true, target)
+        if needed.refined is not None:
+            added = sorted(set(needed.refined_rhos) - set(needed.rhos))
+            lines.append(f"  refined around rho* {true:.3f} (adding rho {', '.join(f'{r:.2f}' for r in added)}; "
+                         f"{len(needed.refined_rhos)} values):")
+            lines += _power_lines(needed.refined, true, target, points=len(needed.refined_rhos))
     return "\n".join(lines)
 
 
