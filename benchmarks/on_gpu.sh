@@ -5,8 +5,8 @@
 # (copied to ../corpora, where the spec reads it); records are written under runs/ and packed into $OUT.
 #
 #   bash benchmarks/on_gpu.sh check              # compiled steps and trials against eager ones (pytest)
-#   bash benchmarks/on_gpu.sh bench NAME [ARGS]  # benchmarks/NAME.py (trainer_paths, batched_seeds, profile_step,
-#                                                #   sweep_throughput, ...) and its results/benchmarks/NAME.json
+#   bash benchmarks/on_gpu.sh bench NAME [ARGS]  # benchmarks/NAME.py (compiled_grads, trainer_paths, batched_seeds,
+#                                                #   profile_step, sweep_throughput, ...) and its JSON result
 #   bash benchmarks/on_gpu.sh ladder SECONDS     # the allocation ladder, resumed, for at most SECONDS: compiled
 #                                                #   into CUDA graphs when a check passed on this machine, else eager
 set -uo pipefail

@@ -4,11 +4,11 @@ Inductor's mix-order reduction (on by default for GPUs since torch 2.10) fuses a
 columns into one kernel; RMSNorm's backward (the weight's gradient sums over tokens, the input's over the width) is
 its main target, small ones excepted. Upstream it returned gradients that were never written, holding uninitialised
 or stale memory, when the reduced buffer is a view into a larger one (pytorch/pytorch#193061, regression in 2.10,
-fixed by #193103), and mis-fused conv-bias gradients in 2.10 (#190796). The ladder's compiled loss on an H200 (torch
-2.11, the fusion on) had that signature: gradients 0.7-1.3 off eager's (relative norm) in nearly every block, 1e4
-off with CUDA graphs, while the losses agreed, and compiled trials stalled at the unigram entropy; on a CPU, which
-has no such fusion, compiled and eager steps agree. It is off here; ``tests/engram/test_compiled_training.py``
-(``bash benchmarks/on_gpu.sh check``) shows whether the compiled steps then follow the eager ones on a GPU.
+fixed by #193103), and mis-fused conv-bias gradients in 2.10 (#190796). It is off here. That is not what breaks the
+ladder's compiled steps on an H200 (torch 2.11): with it off, ``tests/engram/test_compiled_training.py`` still finds
+the compiled gradients equal to eager ones at the first step and ~1e4 off from the second (results/README.md,
+2026-12-03); ``benchmarks/compiled_grads.py`` bisects that by backend and by module. On a CPU compiled and eager
+steps agree.
 """
 
 from __future__ import annotations

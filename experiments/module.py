@@ -243,13 +243,19 @@ class CorpusDataModule(L.LightningDataModule):
         # rank r reads slice r of each step's batch: together the ranks read what one process would
         data = TrainBatches(self.corpus.train, self.trial.data.seq_len, self.trial.train.batch_size // t.world_size,
                             self.trial.seed, start_step=t.global_step, rank=t.global_rank, world=t.world_size)
-        return torch.utils.data.DataLoader(data, batch_size=None, num_workers=0)
+        return torch.utils.data.DataLoader(data, batch_size=None, num_workers=0, pin_memory=self._pinned())
 
     def val_dataloader(self):
         t = self.trainer
         data = ValidationSet(self.corpus.validation, self.trial.data.seq_len, self.trial.train.val_tokens,
                              rank=t.global_rank, world=t.world_size)
-        return torch.utils.data.DataLoader(data, batch_size=self.trial.train.batch_size, shuffle=False)
+        return torch.utils.data.DataLoader(data, batch_size=self.trial.train.batch_size, shuffle=False,
+                                           pin_memory=self._pinned())
+
+    def _pinned(self) -> bool:
+        # a copy from pageable memory waits for the device to finish the queued steps; from page-locked memory it
+        # is queued behind them, and the host prepares the next step meanwhile
+        return self.trainer.strategy.root_device.type == "cuda"
 
 
 class StepCheckpoint(ModelCheckpoint):

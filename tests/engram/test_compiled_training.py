@@ -36,11 +36,14 @@ def model_config(name: str) -> ModelConfig:
                 if p.axes == {"budget": "2e14", "rho": 0.8, "seed": 0})
 
 
-def train_steps(model: EngramLM, batches, loss_fn, device: torch.device, graphs: bool):
-    """Losses and gradients of AdamW steps on ``batches``, as the trainer's step runs them."""
+def train_steps(model: EngramLM, batches, loss_fn, device: torch.device, graphs: bool, before_step=None):
+    """Losses and gradients of AdamW steps on ``batches``, as the trainer's step runs them; ``before_step()`` runs
+    before each (``benchmarks/compiled_grads.py`` poisons free memory there)."""
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
     losses, grads = [], []
     for x, y in batches:
+        if before_step is not None:
+            before_step()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             if graphs:
                 torch.compiler.cudagraph_mark_step_begin()
