@@ -7,8 +7,9 @@
 #   bash benchmarks/on_gpu.sh check              # compiled steps and trials against eager ones (pytest)
 #   bash benchmarks/on_gpu.sh bench NAME [ARGS]  # benchmarks/NAME.py (compiled_grads, trainer_paths, batched_seeds,
 #                                                #   profile_step, sweep_throughput, ...) and its JSON result
-#   bash benchmarks/on_gpu.sh ladder SECONDS     # the allocation ladder, resumed, for at most SECONDS: compiled
-#                                                #   into CUDA graphs when a check passed on this machine, else eager
+#   bash benchmarks/on_gpu.sh ladder SECONDS [N] # the allocation ladder, resumed, for at most SECONDS (N jobs at
+#                                                #   once, default the spec's): compiled into CUDA graphs when a
+#                                                #   check passed on this machine, else eager
 set -uo pipefail
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
@@ -37,12 +38,13 @@ case "${1:-}" in
     fi
     # to a file, not a pipe: trial jobs inherit the driver's output and outlive its --timeout, and a reader of the
     # pipe would wait for them all
-    compiled=()  # trials are the same trials compiled or not (their run ids say so); only a passed check switches
-    [ -f runs/compiled-steps-ok ] && compiled=(--compile cudagraphs) && echo "ladder: compiled into CUDA graphs"
+    how=()  # trials are the same trials compiled or not (their run ids say so); only a passed check switches
+    [ -f runs/compiled-steps-ok ] && how=(--compile cudagraphs) && echo "ladder: compiled into CUDA graphs"
+    [ -n "${3:-}" ] && how+=(--max-parallel "$3")
     python3 -m engram_lab sweep sweeps/specs/allocation_ladder.yaml --results runs/gpu-results --workdir runs \
-      --no-analysis --retry-failed --timeout "${2:-500}" "${compiled[@]}" >> "$OUT/ladder.log" 2>&1
+      --no-analysis --retry-failed --timeout "${2:-500}" "${how[@]}" >> "$OUT/ladder.log" 2>&1
     pkill -9 -f submitit  # jobs ignore SIGTERM (as on SLURM) and would train on; a later driver resumes them
     grep -a -v "Epoch\|Training\|Validation" "$OUT/ladder.log" | tail -n 40
     tar czf "$OUT/ladder-records.tgz" -C runs/gpu-results . ;;
-  *) echo "usage: $0 check | bench NAME [ARGS] | ladder SECONDS"; exit 2 ;;
+  *) echo "usage: $0 check | bench NAME [ARGS] | ladder SECONDS [N]"; exit 2 ;;
 esac

@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retry-failed", action="store_true", help="submit failed trials again (resuming them)")
     p.add_argument("--compile", choices=tuple(COMPILE), help="override every trial's train.compile for this launch "
                    "(how the steps run: run ids, and so finished trials, stay)")
+    p.add_argument("--max-parallel", type=int, metavar="N", help="override the spec's launch.max_parallel for this "
+                   "launch (jobs at once on the local executor)")
     p.add_argument("--no-wait", action="store_true", help="return after submitting")
     p.add_argument("--no-analysis", action="store_true", help="skip the fits and figures at the end")
     p.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
@@ -49,7 +51,8 @@ def sweep_command(args) -> int:
         outcome = run_sweep(args.spec, args.results, args.workdir, executor=args.executor,
                             retry_failed=args.retry_failed, dry_run=args.dry_run, wait=not args.no_wait,
                             analyse=not args.no_analysis, timeout_s=args.timeout,
-                            compile_=None if args.compile is None else COMPILE[args.compile])
+                            compile_=None if args.compile is None else COMPILE[args.compile],
+                            max_parallel=args.max_parallel)
     except TimeoutError as err:  # the trials it started go on; the same command again waits for them or resumes them
         print(f"engram-lab sweep: {err}", file=sys.stderr)
         return 1

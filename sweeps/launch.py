@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -478,15 +479,23 @@ def first_seeds_first(spec: SweepSpec, todo: list[PlannedTrial]) -> list[Planned
 def run_sweep(spec_path: str | Path, results: str | Path = "results", workdir: str | Path = "runs",
               executor: str | None = None, retry_failed: bool = False, dry_run: bool = False, wait: bool = True,
               analyse: bool = True, poll_s: float = 5.0, timeout_s: float | None = None, echo=print,
-              compile_: bool | str | None = None) -> SweepOutcome:
+              compile_: bool | str | None = None, max_parallel: int | None = None) -> SweepOutcome:
     """Plan, submit and (unless ``wait=False``) see a grid sweep through; see the module docstring. ``echo`` hears
     the plan, then one line for each trial as it finishes. ``compile_`` overrides every trial's ``train.compile``
-    (grid sweeps): finished trials stay finished, the rest train that way."""
+    and ``max_parallel`` the spec's ``launch.max_parallel`` (grid sweeps): finished trials stay finished, the rest
+    train that way."""
     from sweeps.study import default_storage_url
 
     spec = load_spec(spec_path)
-    if spec.is_study and compile_ is not None:
-        raise ConfigError("--compile", "applies to grid sweeps; set train.compile in the study's spec instead")
+    for flag, value, field in (("--compile", compile_, "train.compile"),
+                               ("--max-parallel", max_parallel, "launch.max_parallel")):
+        if spec.is_study and value is not None:
+            raise ConfigError(flag, f"applies to grid sweeps; set {field} in the study's spec instead")
+    if max_parallel is not None:
+        try:
+            spec = dataclasses.replace(spec, launch=dataclasses.replace(spec.launch, max_parallel=max_parallel))
+        except ConfigError as err:
+            raise ConfigError("--max-parallel", err.reason) from None
     if spec.is_study:
         from sweeps.optuna_study import run_study
 

@@ -14,11 +14,13 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
+from engram.config import ConfigError
 from engram_lab.records import read_run_record
 from sweeps.launch import run_sweep
 from sweeps.spec import expand, load_spec
@@ -287,23 +289,30 @@ def test_local_jobs_split_the_machines_cores_and_slurm_jobs_keep_their_own(tmp_p
 
 def test_a_job_trains_a_points_seeds_one_after_another(tmp_path):
     """``seeds_per_job: 2``: seeds 0 and 1 of the point share a process, seed 2 has its own; each gets its own
-    record, and the jobs count against max_parallel, not their trials."""
+    record, and the jobs count against max_parallel, not their trials (here ``--max-parallel 1`` over the spec's
+    3: the second job starts when the first has written both its records)."""
     from sweeps.launch import job_batches
 
     spec_path = write_spec(tmp_path, "grouped", "local", steps=6)
     raw = yaml.safe_load(spec_path.read_text())
-    raw["launch"].update({"max_parallel": 1, "seeds_per_job": 2})
+    raw["launch"].update({"max_parallel": 3, "seeds_per_job": 2})
     spec_path.write_text(yaml.safe_dump(raw))
     spec = load_spec(spec_path)
     assert [[p.trial.seed for p in b] for b in job_batches(spec, expand(spec))] == [[0, 1], [2]]
     said = []
     outcome = run_sweep(spec_path, results=tmp_path / "results", workdir=tmp_path / "runs", analyse=False,
-                        poll_s=0.5, timeout_s=600, echo=said.append)
+                        poll_s=0.5, timeout_s=600, echo=said.append, max_parallel=1)
     assert outcome.count("completed") == 3, said
     ledger = read_ledger_at(tmp_path / "runs" / "grouped")
     jobs = [ledger[p.run_id]["job_id"] for p in expand(spec)]
     assert jobs[0] == jobs[1] != jobs[2]
-    assert {r["seed"] for r in records(tmp_path, "grouped").values()} == {0, 1, 2}
+    done = records(tmp_path, "grouped")
+    assert {r["seed"] for r in done.values()} == {0, 1, 2}
+    first_job_done = max(datetime.fromisoformat(r["created"]) for r in done.values() if r["seed"] < 2)
+    assert datetime.fromisoformat(ledger[expand(spec)[2].run_id]["submitted"]) >= first_job_done
+    with pytest.raises(ConfigError) as err:  # refused before anything more is written
+        run_sweep(spec_path, results=tmp_path / "results", workdir=tmp_path / "runs", max_parallel=0)
+    assert err.value.field == "--max-parallel" and ">= 1" in err.value.reason
 
 
 def test_a_job_pickled_by_an_older_driver_still_runs_its_trial():

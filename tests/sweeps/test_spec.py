@@ -183,5 +183,6 @@ def test_a_sweep_launched_compiled_keeps_its_run_ids_and_its_finished_trials(tmp
     study = _spec(tmp_path, optuna={"n_trials": 1, "space": {"optim.lr": {"type": "float", "low": 1e-3,
                                                                           "high": 1e-2}}})
     capsys.readouterr()
-    assert main(["sweep", str(study), "--compile", "true"]) == 2
-    assert "--compile" in capsys.readouterr().err
+    for flag, value in (("--compile", "true"), ("--max-parallel", "2")):  # a study's own spec says how it runs
+        assert main(["sweep", str(study), flag, value]) == 2
+        assert flag in capsys.readouterr().err
