@@ -21,13 +21,13 @@ train it twice; a restarted driver finds running jobs in the ledger and waits fo
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
 import subprocess
 import sys
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
