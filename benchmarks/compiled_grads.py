@@ -53,18 +53,17 @@ SCOPES = {  # a module's kind, from its attribute name in a block (the whole mod
 FAR = 0.1  # the test's bound on a parameter's relative gradient error
 
 
-def poison(dev: torch.device, spare_bytes: int = 2 << 30, small_bytes: int = 64 << 20) -> None:
-    """Fill the caching allocator's free blocks with 0xFF bytes, NaN in every float type: the large pool's cached
-    memory and ``spare_bytes`` more, and ``small_bytes`` of its small pool (allocations of 1 MB or less), so that the
-    blocks the next allocations are carved from hold NaN until a kernel writes them."""
+def poison(dev: torch.device, small_bytes: int = 64 << 20) -> None:
+    """Fill the caching allocator's free blocks with 0xFF bytes, NaN in every float type, so that the blocks the
+    next allocations are carved from hold NaN until a kernel writes them: the large pool's cached blocks in 2 MB
+    pieces until the allocator has to reserve more, and ``small_bytes`` of its small pool (allocations of 1 MB or
+    less) in 64 kB ones."""
     if dev.type != "cuda":
         return
-    free = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev) + spare_bytes
+    reserved = torch.cuda.memory_reserved(dev)
     held = []
-    for size in (256 << 20, 16 << 20, 2 << 20):
-        while free >= size:
-            held.append(torch.empty(size, dtype=torch.uint8, device=dev).fill_(0xFF))
-            free -= size
+    while torch.cuda.memory_reserved(dev) == reserved:
+        held.append(torch.empty(2 << 20, dtype=torch.uint8, device=dev).fill_(0xFF))
     held += [torch.empty(64 << 10, dtype=torch.uint8, device=dev).fill_(0xFF) for _ in range(small_bytes >> 16)]
     del held
 

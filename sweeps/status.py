@@ -1,9 +1,11 @@
 """``engram-lab status``: each trial's state from its record, its trial lock, the job ledger with SLURM's queue and
-accounting, and the Optuna storage; its validation loss and wall time once it has finished."""
+accounting, and the Optuna storage; its validation loss and wall time once it has finished; the time the trials
+left will take."""
 
 from __future__ import annotations
 
-from collections import Counter
+import statistics
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from engram_lab.records import read_json
@@ -18,6 +20,35 @@ def _study_summary(name: str, url: str) -> str:
         return f"optuna: no study ({type(err).__name__})"
     counts = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
     return "optuna: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials")
+
+
+def time_left(trials: list[dict], states: dict[str, dict]) -> str | None:
+    """How long the trials not completed will take, one after another, by the median wall time of the completed
+    trials of the same point (the same axes but the seed), or else of the same level of the first axis that is not
+    the seed (a compute budget, say); None when every trial is completed."""
+    def groups(axes: dict) -> list:
+        point = tuple((k, str(v)) for k, v in axes.items() if k != "seed")
+        return [("point", point), ("level", point[:1])]
+
+    walls = defaultdict(list)
+    for t in trials:
+        record = states[t["run_id"]].get("record") or {}
+        if states[t["run_id"]]["state"] == "completed" and record.get("wall_time_s") is not None:
+            for group in groups(t["axes"]):
+                walls[group].append(record["wall_time_s"])
+    left = [t for t in trials if states[t["run_id"]]["state"] != "completed"]
+    if not left:
+        return None
+    seconds, unknown = 0.0, 0
+    for t in left:
+        known = next((walls[g] for g in groups(t["axes"]) if walls.get(g)), None)
+        if known is None:
+            unknown += 1
+        else:
+            seconds += statistics.median(known)
+    line = (f"left: {len(left)} trials not completed, about {seconds / 3600:.2f} trial-hours one after another (the "
+            "median wall time of completed trials of the same point, else of the same level of the first axis)")
+    return line + (f"; {unknown} with no completed trial to go by" if unknown else "")
 
 
 def sweep_status(sweep: str, results: str | Path = "results", workdir: str | Path = "runs") -> str:
@@ -47,6 +78,9 @@ def sweep_status(sweep: str, results: str | Path = "results", workdir: str | Pat
                      f"{detail or ''}")
     counts = Counter(s["state"] for s in states.values())
     lines.append("trials: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    left = time_left(trials, states)
+    if left is not None:
+        lines.append(left)
     lines.append(_study_summary(sweep, storage or default_storage_url(workdir, sweep)))
     lines.extend(problems)
     return "\n".join(lines)

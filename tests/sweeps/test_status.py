@@ -15,7 +15,7 @@ from engram_lab.cli import main
 from engram_lab.records import read_run_record
 from sweeps.launch import SweepPaths, append_ledger, read_ledger, run_sweep, throughput
 from sweeps.spec import expand, load_spec
-from sweeps.status import sweep_status
+from sweeps.status import sweep_status, time_left
 
 from ..experiments.tiny import tiny
 
@@ -154,3 +154,18 @@ def test_status_of_a_truncated_plan_names_the_file_instead_of_a_traceback(finish
     plan.write_text(plan.read_text()[:40])
     assert main(["status", NAME, "--results", str(paths.results), "--workdir", str(paths.workdir)]) == 2
     assert f"engram-lab status: {plan}: cannot be read as JSON" in capsys.readouterr().err
+
+
+def test_time_left_goes_by_the_points_completed_trials_else_by_its_budgets():
+    points = [("a", 0.5, 0, 100.0), ("a", 0.5, 1, 300.0), ("a", 0.5, 2, None), ("a", 0.8, 0, None),
+              ("b", 0.5, 0, None)]
+    trials = [{"run_id": f"r{i}", "axes": {"budget": b, "rho": rho, "seed": seed}}
+              for i, (b, rho, seed, _) in enumerate(points)]
+    states = {f"r{i}": {"state": "missing"} if wall is None else
+              {"state": "completed", "record": {"wall_time_s": wall}} for i, (*_, wall) in enumerate(points)}
+    line = time_left(trials, states)
+    # a 0.5 seed 2: its point's median (200 s); a 0.8: budget a's (200 s); b: nothing of b has finished
+    assert line.startswith(f"left: 3 trials not completed, about {400 / 3600:.2f} trial-hours")
+    assert line.endswith("; 1 with no completed trial to go by")
+    done = {run_id: {"state": "completed", "record": {"wall_time_s": 1.0}} for run_id in states}
+    assert time_left(trials, done) is None
