@@ -63,12 +63,12 @@ class TrainConfig:
         precision: ``auto`` (bf16-mixed on GPU, 32-true on CPU) or any Lightning precision string.
         compile: ``torch.compile`` the model's loss (Engram's lookup stays eager); ``cudagraphs`` compiles it into
             CUDA graphs too (``mode="reduce-overhead"``): a small model's step is otherwise bound by kernel launches.
-            Not yet shown to train correctly on a GPU at the ladder's sizes: with Inductor's defaults ``true``
-            stalled at the unigram entropy in every run there and ``cudagraphs`` in every ladder trial (it learned
-            in two single-trial runs), while eager training learned (results/README.md, 2026-12-03). Both now
-            compile with Inductor's mix-order reduction off, the suspected cause (``engram.compiled``). ``bash
-            benchmarks/on_gpu.sh check`` compares compiled and eager steps; ``bash benchmarks/on_gpu.sh bench
-            trainer_paths`` trains a ladder trial on each path.
+            Wrong on a GPU at the ladder's sizes (torch 2.11): with Inductor's defaults ``true`` stalled at the
+            unigram entropy in every run there and ``cudagraphs`` in every ladder trial (it learned in two
+            single-trial runs), while eager training learned; with Inductor's mix-order reduction off
+            (``engram.compiled``) the compiled gradients are still ~1e4 off eager ones from the second step on
+            (results/README.md, 2026-12-03). ``bash benchmarks/on_gpu.sh check`` compares compiled and eager steps
+            and, where they differ, bisects the compile (``benchmarks/compiled_grads.py``).
         accelerator: ``auto``, ``cpu`` or ``gpu``.
         devices: devices per node, one process each (data parallel when ``devices * num_nodes > 1``).
         num_nodes: nodes (data parallel across nodes: SLURM tasks, or torchrun).

@@ -236,7 +236,7 @@ def run_trial(trial: TrialConfig, results: str | Path = "results", workdir: str 
 def heldout_loss(trainer, task, tokenizer, trial: TrialConfig) -> float:
     """Mean next-token loss (nats) of the trained model on the first ``train.val_tokens`` tokens of
     ``data.heldout``, read with the run's tokenizer, in float32 on the device that trained it (Lightning's teardown
-    leaves the model on the CPU, where a 3e15 ladder trial spent 45 s on this score). Every rank runs the same
+    leaves the model on the CPU, where a 3e15 ladder trial spent 38-46 s on this score). Every rank runs the same
     batches (sharded tables serve their rows to each other inside the forward pass)."""
     import torch.nn.functional as F
 

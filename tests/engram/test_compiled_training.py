@@ -57,8 +57,8 @@ def step_by_step(eager: EngramLM, twin: EngramLM, loss_fn, batches, device: torc
 
     The twin restarts from eager's state at every step because routed models part after a few steps even when every
     gradient is right: a rounding flips a router's top-k (on a CPU, the grouped path's bf16 gradients agree to 0.4%
-    at the same parameters and drift to 17% over four independent steps). What the compiled function keeps from one
-    step to the next (its graphs, its memory) still carries over."""
+    at the same parameters and drifted to 17% over four independent steps: results/README.md, 2026-12-03 night).
+    What the compiled function keeps from one step to the next (its graphs, its memory) still carries over."""
     opt = torch.optim.AdamW(eager.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
     steps = []
     for x, y in batches:
