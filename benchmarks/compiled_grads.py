@@ -11,17 +11,23 @@ of:
               aot_eager_decomp_partition   plus Inductor's decompositions
               inductor       plus Inductor's kernels, as ``engram.compiled`` sets it up (the trainer's compile)
               inductor-defaults            Inductor as torch ships it (mix-order reduction on where it exists)
+              inductor-no-reuse            ``engram.compiled`` with Inductor's buffer reuse and in-place buffers off
               cudagraphs     ``engram.compiled`` with CUDA graphs (``train.compile: cudagraphs``)
+  --memory    plain          the allocator as it is
+              poisoned       the allocator's free memory filled with NaN before every step
   --scopes    loss           the model's whole loss compiled, as the trainer compiles it
               attn, moe, engram, mlp, norm   only the modules of that kind compiled, the rest eager
 
 The first backend that departs from eager names the layer at fault (capture, autograd, decompositions, kernels);
-the first scope that departs names the module. ``--poison`` fills the allocator's free memory with NaN before
-every step, so that a kernel that reads memory nothing wrote shows at the step it does so (as NaN) instead of
-through the stale values of an earlier step. Prints, per combination, the largest relative gradient error at each
-step and the parameters furthest off at the first step over 0.1.
+the first scope that departs names the module. Poisoned memory makes a kernel that reads memory nothing wrote
+show at the step it does so (as NaN) instead of through the stale values of an earlier step. ``--frozen`` runs
+one batch at fixed parameters and router biases at every step: a departure then comes from the compiled function's
+own state (its graphs, its buffers), not from the model's new values. Prints, per combination, the largest relative
+gradient error at each step, the graphs Dynamo compiled during each step, and at the first step over 0.1 the
+parameters furthest off and the spread of the gradient norm ratios over all parameters (one ratio everywhere: the
+gradient entering the backward is scaled; spread: garbage inside it).
 
-    PYTHONPATH=. python3 benchmarks/compiled_grads.py [--backends ...] [--scopes ...] [--poison]
+    PYTHONPATH=. python3 benchmarks/compiled_grads.py [--backends ...] [--scopes ...] [--memory ...] [--frozen]
     BENCH_SMOKE=1 PYTHONPATH=. python3 benchmarks/compiled_grads.py --backends eager aot_eager   # a CPU check
 """
 
@@ -29,9 +35,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import math
 
 import torch
+from torch._dynamo.utils import counters
 
 from benchmarks.common import device, smoke, table, write_result
 from engram.compiled import compiled
@@ -44,6 +52,7 @@ BACKENDS = {
     "aot_eager_decomp_partition": lambda fn: torch.compile(fn, backend="aot_eager_decomp_partition"),
     "inductor": compiled,
     "inductor-defaults": torch.compile,
+    "inductor-no-reuse": lambda fn: compiled(fn, options={"allow_buffer_reuse": False, "inplace_buffers": False}),
     "cudagraphs": lambda fn: compiled(fn, cuda_graphs=True),
 }
 SCOPES = {  # a module's kind, from its attribute name in a block (the whole model's norm is a "norm" too)
@@ -68,7 +77,7 @@ def poison(dev: torch.device, small_bytes: int = 64 << 20) -> None:
     del held
 
 
-def run(backend: str, scope: str, batch_size: int, seq: int, use_poison: bool) -> dict:
+def run(backend: str, scope: str, batch_size: int, seq: int, memory: str, frozen: bool) -> dict:
     dev = device()
     config = model_config("small" if smoke() else "ladder")
     torch.manual_seed(0)
@@ -77,35 +86,50 @@ def run(backend: str, scope: str, batch_size: int, seq: int, use_poison: bool) -
     gen = torch.Generator().manual_seed(1)
     batches = [(t[:, :-1].to(dev), t[:, 1:].to(dev))
                for t in (torch.randint(0, config.vocab_size, (batch_size, seq + 1), generator=gen) for _ in range(4))]
+    if frozen:
+        batches = batches[:1] * len(batches)
     make = BACKENDS[backend]
+    what = {"backend": backend, "scope": scope, "memory": memory, "frozen": frozen}
     if scope == "loss":
         loss_fn = make(twin.loss)
     else:
         kinds = SCOPES[scope]
         targets = [m for name, m in twin.named_modules() if name.rsplit(".", 1)[-1] in kinds]
         if not targets:
-            return {"backend": backend, "scope": scope, "verdict": "no such module in this model"}
+            return {**what, "verdict": "no such module in this model"}
         for m in targets:
             m.forward = make(m.forward)
         loss_fn = twin.loss
-    graphs = backend == "cudagraphs"
+    graphs_so_far = []
+
+    def before_step():
+        graphs_so_far.append(counters["stats"]["unique_graphs"])
+        if memory == "poisoned":
+            poison(dev)
+
     try:
-        steps = step_by_step(eager, twin, loss_fn, batches, dev, graphs,
-                             before_step=(lambda: poison(dev)) if use_poison else None)
+        steps = step_by_step(eager, twin, loss_fn, batches, dev, backend == "cudagraphs", before_step=before_step,
+                             learn=not frozen)
     except Exception as err:  # a crash is a finding too; the next combination still runs
-        return {"backend": backend, "scope": scope, "verdict": f"raised {type(err).__name__}: {err}"[:300]}
+        return {**what, "verdict": f"raised {type(err).__name__}: {err}"[:300]}
     finally:
+        graphs_so_far.append(counters["stats"]["unique_graphs"])
         torch._dynamo.reset()
+        counters.clear()
     errors = [max(err for err, _ in grads.values()) for _, _, grads in steps]
     first_far = next((i for i, e in enumerate(errors) if not e < FAR), None)  # NaN counts as far
-    furthest = None
+    furthest = ratios = None
     if first_far is not None:
-        ranked = sorted(steps[first_far][2].items(), key=lambda kv: -kv[1][0] if kv[1][0] == kv[1][0] else -math.inf)
+        far = steps[first_far][2]
+        ranked = sorted(far.items(), key=lambda kv: -kv[1][0] if kv[1][0] == kv[1][0] else -math.inf)
         furthest = [[name, round(err, 4), round(ratio, 4)] for name, (err, ratio) in ranked[:4]]
-    return {"backend": backend, "scope": scope, "poison": use_poison, "grad error by step": errors,
+        ratios = [round(float(q), 4) for q in torch.tensor([r for _, r in far.values()]).nanquantile(
+            torch.tensor([0.0, 0.5, 1.0]))]
+    return {**what, "grad error by step": errors,
+            "graphs compiled by step": [b - a for a, b in itertools.pairwise(graphs_so_far)],
             "loss rel": max(abs(twin - ref) / abs(ref) for ref, twin, _ in steps), "first far step": first_far,
             "verdict": "follows eager" if first_far is None else f"departs at step {first_far}",
-            "furthest (parameter, error, norm ratio)": furthest}
+            "furthest (parameter, error, norm ratio)": furthest, "norm ratio min/median/max": ratios}
 
 
 def main() -> None:
@@ -113,20 +137,23 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", choices=list(BACKENDS),
                         default=["eager", "aot_eager", "aot_eager_decomp_partition", "inductor"])
     parser.add_argument("--scopes", nargs="+", choices=["loss", *SCOPES], default=["loss"])
-    parser.add_argument("--poison", action="store_true", help="NaN in the allocator's free memory before each step")
+    parser.add_argument("--memory", nargs="+", choices=["plain", "poisoned"], default=["plain"])
+    parser.add_argument("--frozen", action="store_true", help="one batch, no optimizer step, no router bias update")
     args = parser.parse_args()
     batch_size, seq = (4, 64) if smoke() else (32, 512)
     rows = []
     for scope in args.scopes:
-        for backend in args.backends:
-            row = run(backend, scope, batch_size, seq, args.poison)
-            print(f"{backend} / {scope}: {row['verdict']}; {row.get('furthest (parameter, error, norm ratio)') or ''}",
-                  flush=True)
-            rows.append(row)
+        for memory in args.memory:
+            for backend in args.backends:
+                row = run(backend, scope, batch_size, seq, memory, args.frozen)
+                print(f"{backend} / {scope} / {memory}: {row['verdict']}; graphs by step "
+                      f"{row.get('graphs compiled by step')}; ratios {row.get('norm ratio min/median/max')}; "
+                      f"{row.get('furthest (parameter, error, norm ratio)') or ''}", flush=True)
+                rows.append(row)
     shown = [{**r, "grad error by step": " ".join(f"{e:.3g}" for e in r.get("grad error by step", []))} for r in rows]
-    print(table(shown, ["backend", "scope", "grad error by step", "loss rel", "verdict"]))
+    print(table(shown, ["backend", "scope", "memory", "grad error by step", "loss rel", "verdict"]))
     write_result("compiled_grads", {"model": "small" if smoke() else "ladder 2e14, rho 0.8", "batch": batch_size,
-                                    "seq": seq, "poison": args.poison, "rows": rows})
+                                    "seq": seq, "frozen": args.frozen, "rows": rows})
 
 
 if __name__ == "__main__":

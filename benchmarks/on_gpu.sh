@@ -5,7 +5,7 @@
 # (copied to ../corpora, where the spec reads it); records are written under runs/ and packed into $OUT.
 #
 #   bash benchmarks/on_gpu.sh check              # compiled steps and trials against eager ones (pytest); where
-#                                                #   they differ, bench compiled_grads --poison bisects the compile
+#                                                #   they differ, bench compiled_grads bisects the compile
 #   bash benchmarks/on_gpu.sh bench NAME [ARGS]  # benchmarks/NAME.py (compiled_grads, trainer_paths, batched_seeds,
 #                                                #   profile_step, sweep_throughput, ...) and its JSON result
 #   bash benchmarks/on_gpu.sh ladder SECONDS [N] # the allocation ladder, resumed, for at most SECONDS (N jobs at
@@ -28,9 +28,14 @@ case "${1:-}" in
     if python3 -m pytest -q -p no:cacheprovider tests/engram/test_compiled_training.py \
          tests/experiments/test_train.py -k "plain_eager or compiled_steps" 2>&1 | tee "$OUT/check.log"; then
       mkdir -p runs && touch runs/compiled-steps-ok
-    else  # where the compiled gradients leave the eager ones: by backend, with unwritten memory made NaN
-      python3 benchmarks/compiled_grads.py --poison 2>&1 | grep -v -i "warn" | tee "$OUT/compiled_grads.log"
+    else  # where the compiled gradients leave the eager ones: by Inductor's settings and the allocator's memory,
+          # then at fixed parameters (the compiled function's own state)
+      python3 benchmarks/compiled_grads.py --backends inductor inductor-no-reuse cudagraphs --memory plain poisoned \
+        2>&1 | grep -v -i "warn" | tee "$OUT/compiled_grads.log"
       cp results/benchmarks/compiled_grads.json "$OUT/"
+      python3 benchmarks/compiled_grads.py --backends inductor cudagraphs --frozen \
+        2>&1 | grep -v -i "warn" | tee "$OUT/compiled_grads_frozen.log"
+      cp results/benchmarks/compiled_grads.json "$OUT/compiled_grads_frozen.json"
     fi ;;
   bench)
     name=${2:?bench NAME}

@@ -16,12 +16,13 @@ from __future__ import annotations
 import torch
 
 
-def compiled(fn, cuda_graphs: bool = False, **kwargs):
+def compiled(fn, cuda_graphs: bool = False, options: dict | None = None, **kwargs):
     """``torch.compile(fn, **kwargs)`` with mix-order reduction off; ``cuda_graphs`` is ``mode="reduce-overhead"``
-    (each call replays CUDA graphs: a small model's step is otherwise bound by kernel launches)."""
+    (each call replays CUDA graphs: a small model's step is otherwise bound by kernel launches); ``options`` are
+    more Inductor settings."""
     import torch._inductor.config as inductor
 
-    options = {"triton.cudagraphs": cuda_graphs}
+    settings = {"triton.cudagraphs": cuda_graphs}
     if hasattr(inductor.triton, "mix_order_reduction"):  # torch < 2.10 has no such fusion
-        options["triton.mix_order_reduction"] = False
-    return torch.compile(fn, options=options, **kwargs)
+        settings["triton.mix_order_reduction"] = False
+    return torch.compile(fn, options={**settings, **(options or {})}, **kwargs)

@@ -22,10 +22,10 @@ Run record fields:
                   (over all steps), tokens_per_second_steady (after the first 10 steps of this process), mfu (of
                   the steady rate), startup_s (the trial's start to its first step: data, model, trainer set-up),
                   warmup_s (the first steps' time beyond the steady rate: compilation, CUDA graph capture),
-                  steps_s, validation_s, heldout_s, save_s (the time inside the training steps, in validation,
-                  scoring the held-out text and exporting the model; the wall time's remainder after these and
-                  startup_s is between steps), unigram_entropy (of the validation tokens, nats) and anything else
-                  the trainer measured
+                  steps_s (inside the training steps), between_steps_s (from a step's end to the next one's
+                  start: validation_s and checkpoint_s, the time validating and writing step checkpoints, fall
+                  there or after the last step), heldout_s, save_s (scoring the held-out text, exporting the
+                  model), unigram_entropy (of the validation tokens, nats) and anything else the trainer measured
     checkpoint    the final model folder ``<workdir>/<sweep>/<run_id>/model`` (:func:`portable_path`), or None
     wall_time_s, device, versions {python, torch, lightning, ...}, git_commit, created (ISO time, UTC)
     resumed_from  (optional: absent from records written before it existed, so not in RUN_FIELDS) how the process

@@ -63,11 +63,13 @@ class LanguageModelTask(L.LightningModule):
         self._recent_losses: list[torch.Tensor | float] = []  # the last 20 steps' losses, read when needed
         self._first_non_finite = None  # (step, loss) of the first non-finite loss, on the device until checked
         self.train_seconds = 0.0  # inside the training steps (from the batch's start to the step's end)
+        self.between_seconds = 0.0  # from a step's end to the next one's start (validations, checkpoints, the loop)
         self.validation_seconds = 0.0
         self.synced_at: dict[int, float] = {}  # time.time() at the steps where the device was waited for
         self.first_step_time: float | None = None  # time.time() at this process's first step
         self._first_step = 0  # its global step (past 0 when resumed)
         self._step_start: float | None = None
+        self._step_end: float | None = None
 
     def configure_model(self) -> None:
         # Lightning calls this on every rank once torch.distributed is up, before DDP wraps the module, a checkpoint
@@ -101,6 +103,8 @@ class LanguageModelTask(L.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self._step_start = time.perf_counter()
+        if self._step_end is not None:
+            self.between_seconds += self._step_start - self._step_end
         if self.first_step_time is None:
             self.first_step_time, self._first_step = time.time(), self.global_step
 
@@ -134,6 +138,7 @@ class LanguageModelTask(L.LightningModule):
             tok_s = self.tokens_per_step * (step + 1) / max(self.train_seconds, 1e-9)
             self.log_dict({"train_loss": loss_value, "lr_factor": lr_factor, "tokens": float(self.tokens_seen()),
                            "tok_s": tok_s}, prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
+        self._end_step()
         return out.loss
 
     def _track_non_finite(self, step: int, loss: torch.Tensor) -> None:
@@ -154,15 +159,15 @@ class LanguageModelTask(L.LightningModule):
     def recent_losses(self) -> list[float]:
         return [float(v) for v in self._recent_losses]
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self._step_start is None:
-            return
+    def _end_step(self) -> None:
+        # here, not in on_train_batch_end: callbacks (a step checkpoint) run before the module's hook
         step = self.global_step  # steps done
         if step % self.trial.train.log_every_steps == 0 or step in (STEADY_FROM, self.total_steps):
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.synced_at[step] = time.time()
-        self.train_seconds += time.perf_counter() - self._step_start
+        self._step_end = time.perf_counter()
+        self.train_seconds += self._step_end - self._step_start
 
     def steady_tokens_per_second(self) -> float | None:
         """Tokens per second between this process's first and last waits for the device at or past step
@@ -216,6 +221,7 @@ class LanguageModelTask(L.LightningModule):
             checkpoint["state_dict"][name] = gather_rows(tables.weight, tables.total_rows, self.model.table_shards.sg)
         self.check_finite()  # a checkpoint past the divergence would be resumed into it
         checkpoint["engram_lab"] = {"val_curve": self.val_curve, "train_seconds": self.train_seconds,
+                                    "between_seconds": self.between_seconds,
                                     "validation_seconds": self.validation_seconds,
                                     "recent_losses": self.recent_losses, "rng": torch.get_rng_state()}
 
@@ -225,6 +231,7 @@ class LanguageModelTask(L.LightningModule):
         state = checkpoint.get("engram_lab", {})
         self.val_curve = [list(p) for p in state.get("val_curve", [])]
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.between_seconds = float(state.get("between_seconds", 0.0))
         self.validation_seconds = float(state.get("validation_seconds", 0.0))
         self._recent_losses = list(state.get("recent_losses", []))
         if "rng" in state:
@@ -294,7 +301,12 @@ class KeepPreviousCheckpointIO(TorchCheckpointIO):
     Lightning's own writer stages the file in the system's temporary folder and moves it into place; across file
     systems (a node's /tmp, the shared work folder) that move is a copy, which a kill or a crash can cut short."""
 
+    def __init__(self):
+        super().__init__()
+        self.seconds = 0.0  # spent writing, this process (copies off the device, torch.save, fsync)
+
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        started = time.perf_counter()
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
@@ -307,6 +319,7 @@ class KeepPreviousCheckpointIO(TorchCheckpointIO):
         if path.exists():
             os.replace(path, previous_checkpoint(path))
         os.replace(staged, path)
+        self.seconds += time.perf_counter() - started
 
 
 CORRUPT_SUFFIX = ".corrupt-"

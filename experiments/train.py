@@ -326,10 +326,11 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
         strategy = "auto"
         if t.world > 1 or t.strategy == "ddp":
             strategy = DDPStrategy(process_group_backend=None if on_gpu(t) else "gloo")
+        checkpoint_io = KeepPreviousCheckpointIO()
         trainer = L.Trainer(
             default_root_dir=run_dir, max_steps=steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices,
             num_nodes=t.num_nodes, strategy=strategy, precision=precision, logger=loggers,
-            plugins=[env, KeepPreviousCheckpointIO()],
+            plugins=[env, checkpoint_io],
             callbacks=[StepCheckpoint(ckpt_dir, t.checkpoint_every_steps, eval_every), *callbacks],
             val_check_interval=eval_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
             enable_progress_bar=t.progress_bar,
@@ -374,11 +375,13 @@ def _run_locked(resolved: TrialConfig, rid: str, results: Path, workdir: Path, c
         # from the first step to the steady rate: compilation and CUDA graph capture (less when this process compiled
         # the same shapes for an earlier trial)
         "warmup_s": task.warmup_seconds(),
-        # where the rest of the wall time went: inside the training steps, validation, the held-out score and the
-        # model's export; the remainder is between steps (batches, Lightning, checkpoints)
+        # where the rest of the wall time went: inside the training steps, between them (validation and step
+        # checkpoints, each also timed alone, batches, Lightning's loop), the held-out score and the model's export
         "steps_s": task.train_seconds,
+        "between_steps_s": task.between_seconds,
         "validation_s": task.validation_seconds,
         **({"heldout_s": heldout_s} if heldout_s is not None else {}),
+        "checkpoint_s": checkpoint_io.seconds,
         "save_s": save_s,
         "mfu": mfu(steady_tok_s / t.world, counts.train_flops_per_token, device_name()),  # of each device's peak
         "data": corpus.info,

@@ -49,11 +49,12 @@ def loss_and_grads(model: EngramLM, loss_fn, x, y, device: torch.device, graphs:
 
 
 def step_by_step(eager: EngramLM, twin: EngramLM, loss_fn, batches, device: torch.device, graphs: bool,
-                 before_step=None) -> list[tuple[float, float, dict[str, tuple[float, float]]]]:
+                 before_step=None, learn: bool = True) -> list[tuple[float, float, dict[str, tuple[float, float]]]]:
     """AdamW steps of ``eager`` on ``batches``; before each, ``twin`` takes eager's parameters and buffers (in
     place) and ``loss_fn``, a compiled loss of ``twin``, runs on the same batch. Per step: (eager's loss, the
     twin's, {parameter: (the twin's gradient error relative to eager's, the ratio of their norms)}).
-    ``before_step()`` runs first (``benchmarks/compiled_grads.py`` poisons free memory there).
+    ``before_step()`` runs first (``benchmarks/compiled_grads.py`` poisons free memory there); without ``learn``
+    neither model changes (no optimizer step, no router bias update): only the compiled function's own state can.
 
     The twin restarts from eager's state at every step because routed models part after a few steps even when every
     gradient is right: a rounding flips a router's top-k (on a CPU, the grouped path's bf16 gradients agree to 0.4%
@@ -74,8 +75,9 @@ def step_by_step(eager: EngramLM, twin: EngramLM, loss_fn, batches, device: torc
         norms = {n: g.norm().clamp_min(1e-6) for n, g in grads.items()}
         steps.append((loss, twin_loss, {n: (float((twin_grads[n] - g).norm() / norms[n]),
                                             float(twin_grads[n].norm() / norms[n])) for n, g in grads.items()}))
-        eager.update_router_biases()
-        opt.step()
+        if learn:
+            eager.update_router_biases()
+            opt.step()
         opt.zero_grad(set_to_none=True)
     return steps
 

@@ -51,7 +51,8 @@ def test_tiny_trial_completes_and_learns(trained):
     # 60 steps: the steady rate leaves out the first 10 (start-up), the overall rate counts them
     assert m["tokens_per_second_steady"] > 0 and m["tokens_per_second"] > 0
     assert m["startup_s"] > 0 and m["warmup_s"] is not None and m["warmup_s"] < record["wall_time_s"]
-    phases = [m["startup_s"], m["steps_s"], m["validation_s"], m["save_s"]]
+    assert min(m["validation_s"], m["checkpoint_s"]) > 0
+    phases = [m["startup_s"], m["steps_s"], m["between_steps_s"], m["save_s"]]  # validation, checkpoints in between
     assert min(phases) > 0 and sum(phases) < record["wall_time_s"]
     path = root / "results" / "_runs" / "runs" / f"{record['run_id']}.json"
     assert read_run_record(path)["run_id"] == record["run_id"] == trial_id(resolve(trial))
