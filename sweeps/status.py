@@ -4,8 +4,10 @@ left will take."""
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections import Counter, defaultdict
+from datetime import datetime
 from pathlib import Path
 
 from engram_lab.records import read_json
@@ -23,32 +25,56 @@ def _study_summary(name: str, url: str) -> str:
 
 
 def time_left(trials: list[dict], states: dict[str, dict]) -> str | None:
-    """How long the trials not completed will take, one after another, by the median wall time of the completed
-    trials of the same point (the same axes but the seed), or else of the same level of the first axis that is not
-    the seed (a compute budget, say); None when every trial is completed."""
+    """How long the trials not completed will take, by the completed trials of the same point (the same axes but
+    the seed), or else of the same level of the first axis that is not the seed (a compute budget, say): one after
+    another, by their median wall time; and at the pace the launch kept, by their median share of the clock (a
+    trial's wall time split evenly among the trials that ran beside it, second by second). None when every trial is
+    completed."""
     def groups(axes: dict) -> list:
         point = tuple((k, str(v)) for k, v in axes.items() if k != "seed")
         return [("point", point), ("level", point[:1])]
 
-    walls = defaultdict(list)
-    for t in trials:
-        record = states[t["run_id"]].get("record") or {}
-        if states[t["run_id"]]["state"] == "completed" and record.get("wall_time_s") is not None:
-            for group in groups(t["axes"]):
-                walls[group].append(record["wall_time_s"])
+    completed = [(t, states[t["run_id"]]["record"]) for t in trials if states[t["run_id"]]["state"] == "completed"
+                 and (states[t["run_id"]].get("record") or {}).get("wall_time_s") is not None]
+    shares = clock_shares([record for _, record in completed])
+    done = defaultdict(list)  # group: [(wall time, share of the clock or None)]
+    for i, (t, record) in enumerate(completed):
+        for group in groups(t["axes"]):
+            done[group].append((record["wall_time_s"], shares[i] if shares else None))
     left = [t for t in trials if states[t["run_id"]]["state"] != "completed"]
     if not left:
         return None
-    seconds, unknown = 0.0, 0
+    seconds, paced, unknown = 0.0, 0.0, 0
     for t in left:
-        known = next((walls[g] for g in groups(t["axes"]) if walls.get(g)), None)
+        known = next((done[g] for g in groups(t["axes"]) if done.get(g)), None)
         if known is None:
             unknown += 1
-        else:
-            seconds += statistics.median(known)
+            continue
+        seconds += statistics.median(wall for wall, _ in known)
+        paced = None if shares is None else paced + statistics.median(share for _, share in known)
     line = (f"left: {len(left)} trials not completed, about {seconds / 3600:.2f} trial-hours one after another (the "
             "median wall time of completed trials of the same point, else of the same level of the first axis)")
+    if paced is not None and seconds:
+        line += f", {paced / 3600:.2f} hours at the pace they kept (with as many side by side)"
     return line + (f"; {unknown} with no completed trial to go by" if unknown else "")
+
+
+def clock_shares(records: list[dict]) -> list[float] | None:
+    """Each record's share of the clock: its run (from ``created``, when it ended, back by its wall time) cut where
+    any other run starts or ends, each piece divided by the runs it overlaps. The shares add up to the time some
+    run was going. None when a record has no ``created``."""
+    try:
+        runs = [(end - r["wall_time_s"], end) for r in records
+                for end in [datetime.fromisoformat(r["created"]).timestamp()]]
+    except (KeyError, TypeError, ValueError):
+        return None
+    cuts = sorted({t for run in runs for t in run})
+    shares = [0.0] * len(runs)
+    for a, b in itertools.pairwise(cuts):
+        inside = [i for i, (start, end) in enumerate(runs) if start <= a and b <= end]
+        for i in inside:
+            shares[i] += (b - a) / len(inside)
+    return shares
 
 
 def sweep_status(sweep: str, results: str | Path = "results", workdir: str | Path = "runs") -> str:

@@ -169,3 +169,16 @@ def test_time_left_goes_by_the_points_completed_trials_else_by_its_budgets():
     assert line.endswith("; 1 with no completed trial to go by")
     done = {run_id: {"state": "completed", "record": {"wall_time_s": 1.0}} for run_id in states}
     assert time_left(trials, done) is None
+
+
+def test_time_left_at_the_pace_the_launch_kept_splits_the_clock_among_trials_run_side_by_side():
+    # two trials of 100 s side by side (50 s of the clock each), then one alone (100 s): a median share of 50 s
+    runs = [("2026-01-01T00:01:40+00:00", 100.0), ("2026-01-01T00:01:40+00:00", 100.0),
+            ("2026-01-01T01:01:40+00:00", 100.0), (None, None)]
+    trials = [{"run_id": f"r{i}", "axes": {"budget": "a", "rho": 0.5, "seed": i}} for i in range(len(runs))]
+    states = {f"r{i}": {"state": "missing"} if wall is None else
+              {"state": "completed", "record": {"wall_time_s": wall, "created": end}}
+              for i, (end, wall) in enumerate(runs)}
+    line = time_left(trials, states)
+    assert f"about {100 / 3600:.2f} trial-hours one after another" in line
+    assert f", {50 / 3600:.2f} hours at the pace they kept" in line
