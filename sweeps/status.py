@@ -4,7 +4,6 @@ left will take."""
 
 from __future__ import annotations
 
-import itertools
 import statistics
 from collections import Counter, defaultdict
 from datetime import datetime
@@ -68,12 +67,17 @@ def clock_shares(records: list[dict]) -> list[float] | None:
                 for end in [datetime.fromisoformat(r["created"]).timestamp()]]
     except (KeyError, TypeError, ValueError):
         return None
-    cuts = sorted({t for run in runs for t in run})
-    shares = [0.0] * len(runs)
-    for a, b in itertools.pairwise(cuts):
-        inside = [i for i, (start, end) in enumerate(runs) if start <= a and b <= end]
-        for i in inside:
-            shares[i] += (b - a) / len(inside)
+    events = sorted([(start, 1, i) for i, (start, _) in enumerate(runs)]
+                    + [(end, 0, i) for i, (_, end) in enumerate(runs)])  # at one time, ends sort before starts
+    shares, going, last = [0.0] * len(runs), set(), None  # going: the runs between the last event and this one
+    for t, starts, i in events:
+        for j in going:
+            shares[j] += (t - last) / len(going)
+        last = t
+        if starts:
+            going.add(i)
+        else:
+            going.discard(i)
     return shares
 
 

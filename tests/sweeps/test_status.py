@@ -15,7 +15,7 @@ from engram_lab.cli import main
 from engram_lab.records import read_run_record
 from sweeps.launch import SweepPaths, append_ledger, read_ledger, run_sweep, throughput
 from sweeps.spec import expand, load_spec
-from sweeps.status import sweep_status, time_left
+from sweeps.status import clock_shares, sweep_status, time_left
 
 from ..experiments.tiny import tiny
 
@@ -182,3 +182,8 @@ def test_time_left_at_the_pace_the_launch_kept_splits_the_clock_among_trials_run
     line = time_left(trials, states)
     assert f"about {100 / 3600:.2f} trial-hours one after another" in line
     assert f", {50 / 3600:.2f} hours at the pace they kept" in line
+    # runs of 0-100 s and 50-150 s: 50 s alone and 25 s of the 50 s they overlap, each
+    overlapping = [{"wall_time_s": 100.0, "created": "2026-01-01T00:01:40+00:00"},
+                   {"wall_time_s": 100.0, "created": "2026-01-01T00:02:30+00:00"}]
+    assert clock_shares(overlapping) == [75.0, 75.0]
+    assert clock_shares([{"wall_time_s": 1.0}]) is None  # a record from before ``created`` existed
