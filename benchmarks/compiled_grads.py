@@ -12,6 +12,8 @@ of:
               inductor       plus Inductor's kernels, as ``engram.compiled`` sets it up (the trainer's compile)
               inductor-defaults            Inductor as torch ships it (mix-order reduction on where it exists)
               inductor-no-reuse            ``engram.compiled`` with Inductor's buffer reuse and in-place buffers off
+              inductor-no-donation         ``engram.compiled`` with AOTAutograd's donated buffers off (the
+                                           backward reusing saved activations' memory in place)
               cudagraphs     ``engram.compiled`` with CUDA graphs (``train.compile: cudagraphs``)
   --memory    plain          the allocator as it is
               poisoned       the allocator's free memory filled with NaN before every step
@@ -46,6 +48,15 @@ from engram.compiled import compiled
 from engram.model import EngramLM
 from tests.engram.test_compiled_training import model_config, step_by_step
 
+def without_donated_buffers(fn):
+    run = compiled(fn)
+
+    def call(*args, **kwargs):  # the setting is read when AOTAutograd compiles, at the first call
+        with torch._functorch.config.patch(donated_buffer=False):
+            return run(*args, **kwargs)
+    return call
+
+
 BACKENDS = {
     "eager": lambda fn: torch.compile(fn, backend="eager"),
     "aot_eager": lambda fn: torch.compile(fn, backend="aot_eager"),
@@ -53,6 +64,7 @@ BACKENDS = {
     "inductor": compiled,
     "inductor-defaults": torch.compile,
     "inductor-no-reuse": lambda fn: compiled(fn, options={"allow_buffer_reuse": False, "inplace_buffers": False}),
+    "inductor-no-donation": without_donated_buffers,
     "cudagraphs": lambda fn: compiled(fn, cuda_graphs=True),
 }
 SCOPES = {  # a module's kind, from its attribute name in a block (the whole model's norm is a "norm" too)

@@ -28,14 +28,11 @@ case "${1:-}" in
     if python3 -m pytest -q -p no:cacheprovider tests/engram/test_compiled_training.py \
          tests/experiments/test_train.py -k "plain_eager or compiled_steps" 2>&1 | tee "$OUT/check.log"; then
       mkdir -p runs && touch runs/compiled-steps-ok
-    else  # where the compiled gradients leave the eager ones: by Inductor's settings and the allocator's memory,
-          # then at fixed parameters (the compiled function's own state)
-      python3 benchmarks/compiled_grads.py --backends inductor inductor-no-reuse cudagraphs --memory plain poisoned \
-        2>&1 | grep -v -i "warn" | tee "$OUT/compiled_grads.log"
+    else  # where the compiled gradients leave the eager ones: by the compile's memory reuse and the allocator's
+          # state (at fixed parameters, the compiled function's own state: bench compiled_grads ... --frozen)
+      python3 benchmarks/compiled_grads.py --backends inductor inductor-no-reuse inductor-no-donation cudagraphs \
+        --memory plain poisoned 2>&1 | grep -v -i "warn" | tee "$OUT/compiled_grads.log"
       cp results/benchmarks/compiled_grads.json "$OUT/"
-      python3 benchmarks/compiled_grads.py --backends inductor cudagraphs --frozen \
-        2>&1 | grep -v -i "warn" | tee "$OUT/compiled_grads_frozen.log"
-      cp results/benchmarks/compiled_grads.json "$OUT/compiled_grads_frozen.json"
     fi ;;
   bench)
     name=${2:?bench NAME}
