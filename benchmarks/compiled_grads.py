@@ -48,6 +48,7 @@ from engram.compiled import compiled
 from engram.model import EngramLM
 from tests.engram.test_compiled_training import model_config, step_by_step
 
+
 def without_donated_buffers(fn):
     run = compiled(fn)
 
