@@ -39,22 +39,19 @@ def time_left(trials: list[dict], states: dict[str, dict]) -> str | None:
     done = defaultdict(list)  # group: [(wall time, share of the clock or None)]
     for i, (t, record) in enumerate(completed):
         for group in groups(t["axes"]):
-            done[group].append((record["wall_time_s"], shares[i] if shares else None))
+            done[group].append((record["wall_time_s"], None if shares is None else shares[i]))
     left = [t for t in trials if states[t["run_id"]]["state"] != "completed"]
     if not left:
         return None
-    seconds, paced, unknown = 0.0, 0.0, 0
-    for t in left:
-        known = next((done[g] for g in groups(t["axes"]) if done.get(g)), None)
-        if known is None:
-            unknown += 1
-            continue
-        seconds += statistics.median(wall for wall, _ in known)
-        paced = None if shares is None else paced + statistics.median(share for _, share in known)
+    by_group = (next((done[g] for g in groups(t["axes"]) if done.get(g)), None) for t in left)
+    found = [known for known in by_group if known is not None]  # each trial's completed ones to go by
+    seconds = sum(statistics.median(wall for wall, _ in known) for known in found)
     line = (f"left: {len(left)} trials not completed, about {seconds / 3600:.2f} trial-hours one after another (the "
             "median wall time of completed trials of the same point, else of the same level of the first axis)")
-    if paced is not None and seconds:
+    if shares is not None and found:
+        paced = sum(statistics.median(share for _, share in known) for known in found)
         line += f", {paced / 3600:.2f} hours at the pace they kept (with as many side by side)"
+    unknown = len(left) - len(found)
     return line + (f"; {unknown} with no completed trial to go by" if unknown else "")
 
 
