@@ -64,6 +64,7 @@ ABLATION_LABELS = {
     "no_engram": "no memory (MoE only)",
     "overencoding": "OverEncoding baseline",
 }
+RHO_LABEL = r"allocation ratio $\rho$ (share of sparse parameters to MoE)"
 ABLATION_LABEL_WIDTH = 22  # characters per line of an ablation's tick label
 
 
@@ -143,7 +144,7 @@ def u_curve_figure(df: pd.DataFrame, fits: dict):
             if f.get("status") == "ok":
                 _draw_fit(ax, f, color, level)
             ax.set_title(f"budget {budget}  (n = {f['n']}, {f['n_excluded']} excluded)")
-            ax.set_xlabel(r"allocation ratio $\rho$ (share of sparse parameters to MoE)")
+            ax.set_xlabel(RHO_LABEL if n == 1 else r"allocation ratio $\rho$ (MoE share)")  # panels side by side
             ax.set_ylabel(LOSS_LABEL)
         _figure_legend(fig, axes[0])
         sns.despine(fig)

@@ -149,9 +149,9 @@ def _law_choice(f: dict) -> list[str]:
             if s[name] is not None:
                 widths = ", ".join(f"{n}: {_fmt(w, 3) if w is not None and math.isfinite(w) else 'none'}"
                                    for n, w in s[name]["half_widths"].items())
-                lines.append(f"  - +-rho* reached in {s['level']:.0%} of {s['draws']} simulated sweeps on "
-                             f"{len(s[name]['rhos'])} rho values{' (refined)' if name == 'refined' else ''}, by seeds "
-                             f"per point: {widths}")
+                lines.append(f"  - the error in rho* that {s['level']:.0%} of {s['draws']} simulated sweeps stay "
+                             f"within, on {len(s[name]['rhos'])} rho values{' (refined)' if name == 'refined' else ''}, "
+                             f"by seeds per point: {widths}")
     return lines
 
 

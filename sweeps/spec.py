@@ -12,7 +12,8 @@ A spec is YAML::
       rho: {path: budget.rho, values: [0.2, 0.4, 0.6, 0.8, 1.0]}    # values put at one path
     seeds: 2                            # every grid point at seeds 0 and 1 (or a list: seeds: [0, 3])
     points:                             # extra points, each naming every axis; one without a seed runs at each
-      - {budget: small, rho: 0.9}
+      - {budget: small, rho: 0.9}       # seed of the seed axis, one with a list of seeds at each of those
+      - {budget: large, rho: 0.9, seed: [2, 3]}
     optuna:                             # instead of a grid: a study (see OptunaSpec)
       ...
     launch: {executor: local, max_parallel: 1, slurm: {partition: gpu, gpus_per_node: 1, time_min: 120}}
@@ -301,18 +302,24 @@ def compiled_as(p: PlannedTrial, compile_: bool | str) -> PlannedTrial:
 
 
 def grid_points(spec: SweepSpec) -> list[dict]:
-    """Axis keys of every grid point, then the extra points, one that names no seed at every seed of the seed axis
-    (duplicates dropped, order kept)."""
+    """Axis keys of every grid point, then the extra points: one that names no seed at every seed of the seed axis,
+    one that names a list of seeds at each of them (duplicates dropped, order kept)."""
     names = [a.name for a in spec.axes]
     points = [dict(zip(names, combo)) for combo in itertools.product(*(a.keys() for a in spec.axes))]
     seeds = spec.seed_axis
     for i, extra in enumerate(spec.points):
         if seeds is not None and set(extra) == set(names) - {seeds.name}:
-            points += [{n: extra.get(n, seed) for n in names} for seed in seeds.values]
-            continue
+            extra = {**extra, seeds.name: seeds.values}
         if set(extra) != set(names):
             raise ConfigError(f"points[{i}]", f"must name every axis {names}, got {sorted(extra)}")
-        points.append({n: extra[n] for n in names})
+        if seeds is not None and isinstance(extra[seeds.name], list):
+            try:
+                listed = seed_axis(extra[seeds.name]).values
+            except ConfigError as err:
+                raise ConfigError(f"points[{i}].{seeds.name}", err.reason) from None
+            points += [{n: seed if n == seeds.name else extra[n] for n in names} for seed in listed]
+        else:
+            points.append({n: extra[n] for n in names})
     unique = []
     for p in points:
         if p not in unique:

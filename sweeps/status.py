@@ -17,8 +17,10 @@ from sweeps.study import default_storage_url, load
 def _study_summary(name: str, url: str) -> str:
     try:
         study = load(name, url)
-    except Exception as err:  # no study yet, or the storage is unreachable: say so, the rest still stands
-        return f"optuna: no study ({type(err).__name__})"
+    except KeyError:  # optuna's answer for a name its storage lacks: a grid sweep, or a study not created yet
+        return f"optuna: no study {name!r}"
+    except Exception as err:  # the storage is unreachable: say so, the rest still stands
+        return f"optuna: no study (the storage answered {type(err).__name__}: {err})"
     counts = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
     return "optuna: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials")
 

@@ -55,6 +55,16 @@ def test_grid_levels_and_extra_points(tmp_path):
     assert [t.params for t in study.get_trials()] == [planned[-1].axes]
 
 
+def test_an_extra_point_at_a_list_of_seeds(tmp_path):
+    grid = {"rho": {"path": "budget.rho", "values": [0.5, 0.8]}}
+    spec = load_spec(_spec(tmp_path, grid=grid, seeds=2, points=[{"rho": 0.8, "seed": [2, 3]}, {"rho": 0.5}]))
+    assert grid_points(spec)[4:] == [{"rho": 0.8, "seed": 2}, {"rho": 0.8, "seed": 3}]  # rho 0.5 at 0, 1: in the grid
+    assert [p.trial.seed for p in expand(spec)] == [0, 1, 0, 1, 2, 3]
+    with pytest.raises(ConfigError) as err:
+        grid_points(load_spec(_spec(tmp_path, grid=grid, seeds=2, points=[{"rho": 0.8, "seed": [2, -1]}])))
+    assert err.value.field == "points[0].seed" and "integers >= 0" in err.value.reason
+
+
 def test_an_infeasible_point_refuses_the_whole_spec(tmp_path, capsys):
     path = _spec(tmp_path, grid={"total": {"path": "budget.total_params", "values": [400_000, 1000]}})
     with pytest.raises(ConfigError) as err:
