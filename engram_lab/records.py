@@ -24,8 +24,10 @@ Run record fields:
                   warmup_s (the first steps' time beyond the steady rate: compilation, CUDA graph capture),
                   steps_s (inside the training steps), between_steps_s (from a step's end to the next one's
                   start: validation_s and checkpoint_s, the time validating and writing step checkpoints, fall
-                  there or after the last step), heldout_s, save_s (scoring the held-out text, exporting the
-                  model), unigram_entropy (of the validation tokens, nats) and anything else the trainer measured
+                  there or after the last step; on a GPU the host waits for queued steps wherever it next blocks,
+                  so the steps' time is steps_s plus what between_steps_s holds beyond those two), heldout_s,
+                  save_s (scoring the held-out text, exporting the model), unigram_entropy (of the validation
+                  tokens, nats) and anything else the trainer measured
     checkpoint    the final model folder ``<workdir>/<sweep>/<run_id>/model`` (:func:`portable_path`), or None
     wall_time_s, device, versions {python, torch, lightning, ...}, git_commit, created (ISO time, UTC)
     resumed_from  (optional: absent from records written before it existed, so not in RUN_FIELDS) how the process
