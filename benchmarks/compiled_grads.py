@@ -14,6 +14,8 @@ of:
               inductor-no-reuse            ``engram.compiled`` with Inductor's buffer reuse and in-place buffers off
               inductor-no-donation         ``engram.compiled`` with AOTAutograd's donated buffers off (the
                                            backward reusing saved activations' memory in place)
+              inductor-dynamic             ``engram.compiled`` with symbolic shapes, as Dynamo compiles a function
+                                           it already compiled for other shapes (the test's CPU cases run first)
               cudagraphs     ``engram.compiled`` with CUDA graphs (``train.compile: cudagraphs``)
   --memory    plain          the allocator as it is
               poisoned       the allocator's free memory filled with NaN before every step
@@ -66,6 +68,7 @@ BACKENDS = {
     "inductor-defaults": torch.compile,
     "inductor-no-reuse": lambda fn: compiled(fn, options={"allow_buffer_reuse": False, "inplace_buffers": False}),
     "inductor-no-donation": without_donated_buffers,
+    "inductor-dynamic": lambda fn: compiled(fn, dynamic=True),
     "cudagraphs": lambda fn: compiled(fn, cuda_graphs=True),
 }
 SCOPES = {  # a module's kind, from its attribute name in a block (the whole model's norm is a "norm" too)

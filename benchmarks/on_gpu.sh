@@ -10,7 +10,8 @@
 #                                                #   profile_step, sweep_throughput, ...) and its JSON result
 #   bash benchmarks/on_gpu.sh ladder SECONDS [N] # the allocation ladder, resumed, for at most SECONDS (N jobs at
 #                                                #   once, default the spec's): compiled into CUDA graphs when a
-#                                                #   check passed on this machine, else eager
+#                                                #   check passed on this machine, else eager; failed trials are
+#                                                #   retried unless RETRY_FAILED=0 (then only trials never run)
 set -uo pipefail
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
@@ -48,8 +49,9 @@ case "${1:-}" in
     how=()  # trials are the same trials compiled or not (their run ids say so); only a passed check switches
     [ -f runs/compiled-steps-ok ] && how=(--compile cudagraphs) && echo "ladder: compiled into CUDA graphs"
     [ -n "${3:-}" ] && how+=(--max-parallel "$3")
+    [ "${RETRY_FAILED:-1}" = 1 ] && how+=(--retry-failed)
     python3 -m engram_lab sweep sweeps/specs/allocation_ladder.yaml --results runs/gpu-results --workdir runs \
-      --no-analysis --retry-failed --timeout "${2:-500}" "${how[@]}" >> "$OUT/ladder.log" 2>&1
+      --no-analysis --timeout "${2:-500}" "${how[@]}" >> "$OUT/ladder.log" 2>&1
     pkill -9 -f submitit  # jobs ignore SIGTERM (as on SLURM) and would train on; a later driver resumes them
     grep -a -v "Epoch\|Training\|Validation" "$OUT/ladder.log" | tail -n 40
     tar czf "$OUT/ladder-records.tgz" -C runs/gpu-results . ;;

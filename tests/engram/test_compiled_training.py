@@ -37,6 +37,16 @@ def model_config(name: str) -> ModelConfig:
                 if p.axes == {"budget": "2e14", "rho": 0.8, "seed": 0})
 
 
+@pytest.fixture(autouse=True)
+def first_compilation():
+    """Each case compiles ``EngramLM.loss`` as the trainer does, as the process's first compilation of it, not as a
+    recompilation beside the earlier cases' graphs (which, before ``engram.compiled`` fixed the shapes, Dynamo made
+    with symbolic batch and sequence sizes)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 def loss_and_grads(model: EngramLM, loss_fn, x, y, device: torch.device, graphs: bool):
     """One forward and backward as the trainer's step runs them: the loss and each parameter's gradient (a copy)."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -104,3 +114,13 @@ def test_compiled_steps_follow_the_eager_steps(model, device, mode, batch, seq):
     for step, (loss, twin_loss, grads) in enumerate(steps):
         assert twin_loss == pytest.approx(loss, rel=0.01), (step, twin_loss, loss)
         assert max(err for err, _ in grads.values()) < 0.1, (step, sorted(grads.items(), key=lambda kv: -kv[1][0])[:5])
+
+
+def test_each_new_shape_is_a_new_static_compilation():
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    double = compiled(lambda t: t * 2)
+    for n in (2, 3, 4):  # with automatic dynamic shapes, the third call would reuse the second's symbolic graph
+        assert torch.equal(double(torch.ones(n)), torch.full((n,), 2.0))
+    assert counters["stats"]["unique_graphs"] == 3
