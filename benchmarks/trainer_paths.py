@@ -12,9 +12,10 @@ path, on the same text, each from scratch:
 Prints each path's validation curve, its final loss against the reference's (the ratio) and against the unigram
 entropy (a model at the unigram entropy has learned token frequencies and nothing of context), and its steady rate.
 With ``--fresh`` each path trains in a process of its own, so that every compilation is its process's first (in
-one process a later path finds the earlier paths' compiled code and caches).
+one process a later path finds the earlier paths' compiled code and caches). Every path trains under deterministic
+algorithms, as sweeps do, unless ``--nondeterministic``.
 
-    PYTHONPATH=. python3 benchmarks/trainer_paths.py --budget 2e14 --rho 0.8 [--fresh]
+    PYTHONPATH=. python3 benchmarks/trainer_paths.py --budget 2e14 --rho 0.8 [--fresh] [--nondeterministic]
 """
 
 from __future__ import annotations
@@ -65,10 +66,13 @@ def main() -> None:
     ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
     ap.add_argument("--eval-every-tokens", type=float, default=1e6)
     ap.add_argument("--fresh", action="store_true", help="each path in a process of its own")
+    ap.add_argument("--nondeterministic", action="store_true",
+                    help="train.deterministic off (sweeps train under deterministic algorithms)")
     ap.add_argument("--row-to", type=Path, help=argparse.SUPPRESS)  # a --fresh child: its row as JSON, no table
     args = ap.parse_args()
     trial = ladder_trial(args.budget, args.rho)
-    train_cfg = dataclasses.replace(trial.train, eval_every_tokens=int(args.eval_every_tokens))
+    train_cfg = dataclasses.replace(trial.train, eval_every_tokens=int(args.eval_every_tokens),
+                                    deterministic=trial.train.deterministic and not args.nondeterministic)
     if smoke():  # the script's own check on a CPU
         trial = dataclasses.replace(trial, data=dataclasses.replace(trial.data, tokenizer_docs=2000,
                                                                     max_train_tokens=500000))
@@ -81,8 +85,8 @@ def main() -> None:
             if args.fresh:
                 row_file = Path(tmp) / f"{path}.json"
                 subprocess.run([sys.executable, __file__, "--budget", args.budget, "--rho", str(args.rho), "--paths",
-                                path, "--eval-every-tokens", str(args.eval_every_tokens), "--row-to", str(row_file)],
-                               check=True)
+                                path, "--eval-every-tokens", str(args.eval_every_tokens), "--row-to", str(row_file),
+                                *(["--nondeterministic"] if args.nondeterministic else [])], check=True)
                 rows.append(json.loads(row_file.read_text()))
             else:
                 rows.append(train(trial, path, Path(tmp)))
@@ -97,7 +101,7 @@ def main() -> None:
     print(table(rows, ["path", "status", "val_loss", "vs_" + rows[0]["path"], "above_unigram", "steady tok/s",
                        "mfu", "wall_s"]))
     write_result("trainer_paths", {"budget": args.budget, "rho": args.rho, "fresh_processes": args.fresh,
-                                   "paths": rows})
+                                   "deterministic": train_cfg.deterministic, "paths": rows})
 
 
 if __name__ == "__main__":

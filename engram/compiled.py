@@ -4,12 +4,13 @@ Inductor's mix-order reduction (on by default for GPUs since torch 2.10) fuses a
 columns into one kernel; RMSNorm's backward (the weight's gradient sums over tokens, the input's over the width) is
 its main target, small ones excepted. Upstream it returned gradients that were never written, holding uninitialised
 or stale memory, when the reduced buffer is a view into a larger one (pytorch/pytorch#193061, regression in 2.10,
-fixed by #193103), and mis-fused conv-bias gradients in 2.10 (#190796). It is off here. With it off,
-``tests/engram/test_compiled_training.py`` still found the compiled gradients ~1e4 off eager ones from the second
-step on an H200 (torch 2.11), but it compiled the ladder's model after its CPU cases had compiled the same function
-at other shapes, which makes Dynamo compile it again with symbolic sizes (automatic dynamic shapes); the trainer's
-shapes are fixed, and so are the ones compiled here: a new shape is a new static compilation.
-``benchmarks/compiled_grads.py`` bisects such faults by backend (symbolic shapes among them) and by module.
+fixed by #193103), and mis-fused conv-bias gradients in 2.10 (#190796). It is off here. Shapes are fixed: a new
+shape is a new static compilation, never Dynamo's recompilation with symbolic sizes (automatic dynamic shapes),
+which is how ``tests/engram/test_compiled_training.py`` had compiled the ladder's model after its CPU cases, with
+gradients ~1e4 off from the second step. With fixed shapes the test's Inductor case follows eager on an H100 (torch
+2.11); its CUDA-graph case does not, and a compiled ladder trial still stalls at the unigram entropy, with or
+without CUDA graphs (results/README.md, 2026-12-06). ``benchmarks/compiled_grads.py`` and
+``benchmarks/trainer_paths.py`` bisect that.
 """
 
 from __future__ import annotations

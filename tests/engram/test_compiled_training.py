@@ -6,7 +6,10 @@ learning rate, under the trainer's autocast; before each, a twin takes the eager
 its loss, compiled as the trainer compiles it (``engram.compiled``), runs on the same batch. Its loss and every
 parameter's gradient must agree with eager's at every step. On a CPU a small model of the same family runs, with
 the CPU's expert loop and with the grouped GEMMs of the GPU path (CI runs both); on a GPU the ladder's 2e14 shape
-runs too, with and without CUDA graphs (``bash benchmarks/on_gpu.sh check``).
+runs too, with and without CUDA graphs and under deterministic algorithms as sweeps train (``bash
+benchmarks/on_gpu.sh check``). On an H100 (torch 2.11) the Inductor case passed and the CUDA-graph case failed,
+while a compiled ladder trial stalled at the unigram entropy with or without CUDA graphs (results/README.md,
+2026-12-06): four steps at shared parameters do not yet cover what the trainer does differently.
 """
 
 from __future__ import annotations
@@ -96,9 +99,10 @@ def step_by_step(eager: EngramLM, twin: EngramLM, loss_fn, batches, device: torc
     pytest.param("small", "cpu", "default", 4, 64, id="small-cpu"),
     pytest.param("small", "cpu", "grouped", 4, 64, id="small-cpu-grouped"),
     pytest.param("ladder", "cuda", "default", 32, 512, id="ladder-cuda", marks=ON_GPU),
+    pytest.param("ladder", "cuda", "deterministic", 32, 512, id="ladder-cuda-deterministic", marks=ON_GPU),
     pytest.param("ladder", "cuda", "cuda-graphs", 32, 512, id="ladder-cuda-graphs", marks=ON_GPU),
 ])
-def test_compiled_steps_follow_the_eager_steps(model, device, mode, batch, seq):
+def test_compiled_steps_follow_the_eager_steps(model, device, mode, batch, seq, monkeypatch):
     config, device = model_config(model), torch.device(device)
     torch.manual_seed(0)
     eager = EngramLM(config).to(device)
@@ -110,7 +114,14 @@ def test_compiled_steps_follow_the_eager_steps(model, device, mode, batch, seq):
     batches = [(t[:, :-1].to(device), t[:, 1:].to(device))
                for t in (torch.randint(0, config.vocab_size, (batch, seq + 1), generator=gen) for _ in range(4))]
     graphs = mode == "cuda-graphs"
-    steps = step_by_step(eager, twin, compiled(twin.loss, cuda_graphs=graphs), batches, device, graphs)
+    if mode == "deterministic":  # as sweeps train: Lightning's ``deterministic=True`` sets both
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(mode == "deterministic")
+    try:
+        steps = step_by_step(eager, twin, compiled(twin.loss, cuda_graphs=graphs), batches, device, graphs)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
     for step, (loss, twin_loss, grads) in enumerate(steps):
         assert twin_loss == pytest.approx(loss, rel=0.01), (step, twin_loss, loss)
         assert max(err for err, _ in grads.values()) < 0.1, (step, sorted(grads.items(), key=lambda kv: -kv[1][0])[:5])
