@@ -14,8 +14,8 @@ of:
               inductor-no-reuse            ``engram.compiled`` with Inductor's buffer reuse and in-place buffers off
               inductor-no-donation         ``engram.compiled`` with AOTAutograd's donated buffers off (the
                                            backward reusing saved activations' memory in place)
-              inductor-dynamic             ``engram.compiled`` with symbolic shapes, as Dynamo compiles a function
-                                           it already compiled for other shapes (the test's CPU cases run first)
+              inductor-dynamic             ``engram.compiled`` with symbolic shapes, as the compile test's GPU
+                                           cases were compiled before ``engram.compiled`` fixed the shapes
               cudagraphs     ``engram.compiled`` with CUDA graphs (``train.compile: cudagraphs``)
   --memory    plain          the allocator as it is
               poisoned       the allocator's free memory filled with NaN before every step

@@ -13,9 +13,10 @@ Prints each path's validation curve, its final loss against the reference's (the
 entropy (a model at the unigram entropy has learned token frequencies and nothing of context), and its steady rate.
 With ``--fresh`` each path trains in a process of its own, so that every compilation is its process's first (in
 one process a later path finds the earlier paths' compiled code and caches). Every path trains under deterministic
-algorithms, as sweeps do, unless ``--nondeterministic``.
+algorithms, as sweeps do, unless ``--nondeterministic``. With ``--within F`` it exits with an error, after writing
+its result, when a path ends more than F (a fraction) above the first path's loss.
 
-    PYTHONPATH=. python3 benchmarks/trainer_paths.py --budget 2e14 --rho 0.8 [--fresh] [--nondeterministic]
+    PYTHONPATH=. python3 benchmarks/trainer_paths.py --budget 2e14 --rho 0.8 [--fresh] [--nondeterministic] [--within F]
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import REPO, ladder_trial, smoke, table, write_result
+from benchmarks.common import REPO, Mismatch, ladder_trial, smoke, table, write_result
 
 PATHS = {  # name: (train.compile, fused optimizer, precision)
     "eager": (False, None, "auto"),
@@ -68,6 +70,8 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="each path in a process of its own")
     ap.add_argument("--nondeterministic", action="store_true",
                     help="train.deterministic off (sweeps train under deterministic algorithms)")
+    ap.add_argument("--within", type=float,
+                    help="fail where a path's loss ends more than this fraction above the first path's")
     ap.add_argument("--row-to", type=Path, help=argparse.SUPPRESS)  # a --fresh child: its row as JSON, no table
     args = ap.parse_args()
     trial = ladder_trial(args.budget, args.rho)
@@ -102,6 +106,11 @@ def main() -> None:
                        "mfu", "wall_s"]))
     write_result("trainer_paths", {"budget": args.budget, "rho": args.rho, "fresh_processes": args.fresh,
                                    "deterministic": train_cfg.deterministic, "paths": rows})
+    if args.within is not None:  # a path that failed (no loss) or whose reference failed is behind too
+        bound = (1 + args.within) * reference if reference else -math.inf
+        behind = [r["path"] for r in rows[1:] if not (r["val_loss"] or math.inf) <= bound]
+        if behind:
+            raise Mismatch(f"{', '.join(behind)}: val loss more than {args.within:.0%} above {rows[0]['path']}'s")
 
 
 if __name__ == "__main__":
