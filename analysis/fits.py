@@ -196,19 +196,30 @@ def _seeds_for_target(f: dict, draws: int) -> dict | None:
     """Where the chosen law's rho* interval is wider than 2 x ``power.TARGET``: how many seeds per point would locate
     rho* to +- the target on these rho values, and on the grid refined around it where these cannot
     (:mod:`analysis.power`), simulated with the chosen law as the true curve and this budget's pooled seed sd as the
-    noise. None where the interval is that narrow already or there is no law or no seed sd to simulate with."""
+    noise. Where every point has two or more runs, also with the mean loss at each rho as the true curve
+    (``means``): what the seed bootstrap resamples around. The law smooths the means' bumps away and asks for the
+    fewest seeds; the means keep them, as the interval does, and ask for the most: the two bracket the count. None
+    where the interval is that narrow already or there is no law or no seed sd to simulate with."""
     o, noise = f["optimum"], f["noise_floor"]["pooled_sd"]
     if o is None or noise is None:
         return None
     lo, hi = o["ci_bootstrap"]
     if lo is not None and hi is not None and hi - lo <= 2 * power.TARGET:
         return None
+    rhos = [pt["rho"] for pt in f["points"]]
     curve = power.chosen_curve(f["selection"], f"the {f['selection']['chosen']} law chosen by AICc")
-    needed = power.seeds_needed([pt["rho"] for pt in f["points"]], curve, noise, draws=draws)
-    return {"target": power.TARGET, "level": power.LEVEL, "noise": noise, "draws": draws,
-            "seeds_now": int(np.median([pt["n"] for pt in f["points"]])), "true_rho_star": needed.rho_star,
-            "grid": None if needed.grid is None else {"rhos": needed.rhos, **asdict(needed.grid)},
-            "refined": None if needed.refined is None else {"rhos": needed.refined_rhos, **asdict(needed.refined)}}
+    needed = power.seeds_needed(rhos, curve, noise, draws=draws)
+    out = {"target": power.TARGET, "level": power.LEVEL, "noise": noise, "draws": draws,
+           "seeds_now": int(np.median([pt["n"] for pt in f["points"]])), "true_rho_star": needed.rho_star,
+           "grid": None if needed.grid is None else {"rhos": needed.rhos, **asdict(needed.grid)},
+           "refined": None if needed.refined is None else {"rhos": needed.refined_rhos, **asdict(needed.refined)},
+           "means": None}
+    if all(pt["n"] >= 2 for pt in f["points"]):
+        by_means = power.seeds_needed(rhos, power.mean_curve(f["points"], "the mean loss at each rho"), noise,
+                                      draws=draws)
+        out["means"] = {"true_rho_star": by_means.rho_star,
+                        "grid": None if by_means.grid is None else {"rhos": rhos, **asdict(by_means.grid)}}
+    return out
 
 
 def _noise_floor(points: pd.DataFrame) -> dict:
@@ -250,14 +261,24 @@ def seeds_sentence(s: dict) -> str:
     grid, refined = s["grid"], s["refined"]
     largest = power.SEED_COUNTS[-1]
     if grid["needed"] is not None:
-        return f"{to} takes {grid['needed']} seeds per point on these {len(grid['rhos'])} rho values {at}"
-    if grid["extrapolated"] is not None:
-        return f"{to} takes about {grid['extrapolated']} seeds per point (extrapolated past {largest}) {at}"
-    if refined is not None and refined["needed"] is not None:
+        law = f"{to} takes {grid['needed']} seeds per point on these {len(grid['rhos'])} rho values {at}"
+    elif grid["extrapolated"] is not None:
+        law = f"{to} takes about {grid['extrapolated']} seeds per point (extrapolated past {largest}) {at}"
+    elif refined is not None and refined["needed"] is not None:
         added = ", ".join(f"{r:.2f}" for r in sorted(set(refined["rhos"]) - set(grid["rhos"])))
-        return (f"{to} takes more than {largest} seeds per point on these rho values, {refined['needed']} with rho "
-                f"{added} added around the minimum {at}")
-    return f"{to} takes more than {largest} seeds per point {at}"
+        law = (f"{to} takes more than {largest} seeds per point on these rho values, {refined['needed']} with rho "
+               f"{added} added around the minimum {at}")
+    else:
+        law = f"{to} takes more than {largest} seeds per point {at}"
+    means = s.get("means")  # absent from fits written before it
+    if not means:
+        return law
+    if means["grid"] is None:
+        return f"{law}; the mean loss at each rho has its minimum at a range end"
+    m = means["grid"]
+    count = (m["needed"] if m["needed"] is not None else
+             f"about {m['extrapolated']}" if m["extrapolated"] is not None else f"more than {largest}")
+    return f"{law}; with the mean loss at each rho as the true curve (what the interval resamples around), {count}"
 
 
 def _rho_star_stability(budgets: dict, draws: dict, level: float, seed: int) -> dict | None:

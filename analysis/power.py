@@ -1,7 +1,12 @@
 """How many seeds per grid point locate rho* to a target: sweeps of a known curve simulated and fitted.
 
-The rho values of a budget are trained again in simulation: a true curve (a law of
-:data:`analysis.stats.U_MODELS` with its parameters, e.g. the one AICc chose for real runs) plus Gaussian seed noise.
+The rho values of a budget are trained again in simulation: a true curve plus Gaussian seed noise. The true curve
+is a law of :data:`analysis.stats.U_MODELS` with its parameters (:class:`Curve`: the paper's U, or the law AICc chose
+for a pilot's runs, for planning rho values not yet run) or a sweep's own mean loss at each rho (:class:`MeanCurve`:
+after the sweep, on the values it ran). The law smooths the means' bumps away and is the optimistic guess; the
+means keep them, as the seed bootstrap of rho*'s interval does, and are the pessimistic one. At 2e14 the ladder's
+law asked for six seeds a point, and seven left the interval 0.165 wide; its means ask for about 41
+(results/README.md, 2026-12-06).
 Each simulated sweep is analysed as the U-curve fit analyses a real one: the three laws fitted to its runs, one
 chosen by AICc, rho* its minimiser on the sampled range (:func:`analysis.stats.choose_laws`; equal weights, the
 simulated noise being the same at every rho). The half-width for n seeds is the 95th percentile of |estimated rho* -
@@ -48,8 +53,41 @@ class Curve:
         x, interior, _ = stats.argmin_in_range(self.model, np.asarray(self.params, float)[None, :], lo, hi)
         return float(x[0]) if interior[0] else None
 
+    def covers(self, rhos) -> bool:
+        return True
 
-def half_width(rhos, curve: Curve, noise: float, seeds: int, draws: int = DRAWS, level: float = LEVEL) -> float:
+
+@dataclass
+class MeanCurve:
+    """A sweep's mean validation loss at each rho it ran, as the true curve: defined at those rho values alone.
+    Its rho* is what the analysis finds in the means themselves (the laws fitted to them, one chosen by AICc), the
+    value that infinitely many seeds would converge to."""
+
+    rhos: np.ndarray
+    means: np.ndarray
+    source: str
+
+    def at(self, rho) -> np.ndarray:
+        rho = np.asarray(rho, float)
+        i = np.abs(rho[..., None] - self.rhos).argmin(-1)
+        if not np.allclose(self.rhos[i], rho, atol=1e-6):
+            raise ValueError(f"{self.source} is known only at rho {self.rhos.round(4).tolist()}")
+        return self.means[i]
+
+    def minimum(self, lo: float, hi: float) -> float | None:
+        inside = (self.rhos >= lo - 1e-9) & (self.rhos <= hi + 1e-9)
+        x, y = self.rhos[inside], self.means[inside]
+        names = stats.participating_laws(len(x), math.inf)
+        if not names:
+            return None
+        est = stats.choose_laws(x, y[None, :], np.ones(len(x)), lo, hi, names)
+        return float(est["rho_star"][0]) if est["interior"][0] else None
+
+    def covers(self, rhos) -> bool:
+        return all(np.abs(self.rhos - r).min() <= 1e-6 for r in rhos)
+
+
+def half_width(rhos, curve: Curve | MeanCurve, noise: float, seeds: int, draws: int = DRAWS, level: float = LEVEL) -> float:
     """The +- on rho* that a sweep of ``seeds`` runs at each of ``rhos`` reaches with probability ``level``."""
     x = np.repeat(np.asarray(rhos, float), seeds)
     lo, hi = float(x.min()), float(x.max())
@@ -76,13 +114,15 @@ class Power:
 LEVELLING = 1.15
 
 
-def power(rhos, curve: Curve, noise: float, target: float = TARGET, seed_counts=SEED_COUNTS,
+def power(rhos, curve: Curve | MeanCurve, noise: float, target: float = TARGET, seed_counts=SEED_COUNTS,
           draws: int = DRAWS) -> Power:
     """Half-widths at ``seed_counts`` and the fewest seeds per point that reach ``target``."""
     if curve.minimum(min(rhos), max(rhos)) is None:
         raise ValueError(f"{curve.source} has no minimum inside the planned rho values: no rho* to locate")
     widths = {n: half_width(rhos, curve, noise, n, draws) for n in seed_counts}
-    reached = [n for n in seed_counts if widths[n] <= target]
+    # the counts from which on every larger one reaches it too: with one seed AICc's small-sample penalty can leave
+    # the quadratic alone, narrower by chance than two seeds' choice among the laws
+    reached = [n for n in seed_counts if all(widths[m] <= target for m in seed_counts if m >= n)]
     if reached:
         below = max([n for n in seed_counts if n < reached[0]], default=0)
         needed = next(n for n in range(below + 1, reached[0] + 1)
@@ -117,7 +157,7 @@ class SeedsNeeded:
     refined: Power | None = None
 
 
-def seeds_needed(rhos, curve: Curve, noise: float, target: float = TARGET, draws: int = DRAWS) -> SeedsNeeded:
+def seeds_needed(rhos, curve: Curve | MeanCurve, noise: float, target: float = TARGET, draws: int = DRAWS) -> SeedsNeeded:
     rhos = sorted(float(r) for r in rhos)
     true = curve.minimum(rhos[0], rhos[-1])
     if true is None:
@@ -125,9 +165,17 @@ def seeds_needed(rhos, curve: Curve, noise: float, target: float = TARGET, draws
     out = SeedsNeeded(rhos, true, power(rhos, curve, noise, target, draws=draws))
     if out.grid.needed is None and math.isfinite(out.grid.half_widths[SEED_COUNTS[-1]]):
         dense = refined_grid(rhos, true)
+        if not curve.covers(dense):  # measured means say nothing between the rho values run
+            return out
         if len(dense) > len(rhos):
             out.refined_rhos, out.refined = dense, power(dense, curve, noise, target, draws=draws)
     return out
+
+
+def mean_curve(points, source: str) -> MeanCurve:
+    """The mean loss at each rho of a U-curve fit's ``points`` (records with ``rho`` and ``mean``)."""
+    return MeanCurve(np.array([pt["rho"] for pt in points], float), np.array([pt["mean"] for pt in points], float),
+                     source)
 
 
 def chosen_curve(selection: dict, source: str) -> Curve:

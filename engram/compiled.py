@@ -9,8 +9,10 @@ shape is a new static compilation, never Dynamo's recompilation with symbolic si
 which is how ``tests/engram/test_compiled_training.py`` had compiled the ladder's model after its CPU cases, with
 gradients ~1e4 off from the second step. With fixed shapes the test's Inductor case follows eager on an H100 (torch
 2.11); its CUDA-graph case does not, and a compiled ladder trial still stalls at the unigram entropy, with or
-without CUDA graphs (results/README.md, 2026-12-06). ``benchmarks/compiled_grads.py`` and
-``benchmarks/trainer_paths.py`` bisect that.
+without CUDA graphs, deterministic algorithms, fused AdamW or clipping, while the same trial compiled with the
+``aot_eager`` backend learns as eager does: the fault is in the code Inductor generates for the GPU
+(results/README.md, 2026-12-06). ``benchmarks/trainer_paths.py`` bisects it further (``compiled,experts=loop``,
+``compiled,inductor.SETTING=...``).
 """
 
 from __future__ import annotations

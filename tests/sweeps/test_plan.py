@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import yaml
 
-from analysis.power import Curve, half_width, power, refined_grid
+from analysis.power import Curve, MeanCurve, half_width, power, refined_grid, seeds_needed
 from analysis.simulate import quadratic_law, simulate_u_curve, write_sweep
 from engram_lab.cli import main
 from sweeps.power import paper_curve
@@ -75,6 +75,24 @@ def test_where_more_seeds_stop_helping_a_grid_refined_around_the_minimum_does():
 def test_a_curve_without_a_minimum_is_refused():
     with pytest.raises(ValueError, match="no minimum"):
         power(RHOS, Curve("quadratic", np.array([1.0, -0.1, 0.0]), "a line"), noise=0.01)
+
+
+def test_where_the_law_is_true_its_means_are_the_same_truth():
+    skewed = Curve("asymmetric", np.array([1.70, 0.005, 0.35, 0.8]), "skewed")
+    means = MeanCurve(np.array(RHOS), skewed.at(RHOS), "its means")
+    assert means.minimum(0.2, 1.0) == pytest.approx(skewed.minimum(0.2, 1.0), abs=1e-3)
+    assert half_width(RHOS, means, 0.004, 4) == pytest.approx(half_width(RHOS, skewed, 0.004, 4), abs=1e-3)
+
+
+def test_means_are_known_only_where_they_were_measured():
+    ladder = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    flat = Curve("asymmetric", np.array([4.0217, 0.1111, 7.7352, 0.8755]), "ladder 2e14")
+    means = MeanCurve(np.array(ladder), flat.at(ladder), "the ladder's means")
+    with pytest.raises(ValueError, match="known only at rho"):
+        means.at([0.85])
+    # more seeds on these values cannot reach +-0.05 (the test above); the midpoints that would have no means
+    needed = seeds_needed(ladder, means, 0.0286)
+    assert needed.grid.needed is None and needed.refined is None
 
 
 def _allocation_spec(tmp_path, name="alloc"):
