@@ -87,7 +87,8 @@ class MeanCurve:
         return all(np.abs(self.rhos - r).min() <= 1e-6 for r in rhos)
 
 
-def half_width(rhos, curve: Curve | MeanCurve, noise: float, seeds: int, draws: int = DRAWS, level: float = LEVEL) -> float:
+def half_width(rhos, curve: Curve | MeanCurve, noise: float, seeds: int, draws: int = DRAWS,
+               level: float = LEVEL) -> float:
     """The +- on rho* that a sweep of ``seeds`` runs at each of ``rhos`` reaches with probability ``level``."""
     x = np.repeat(np.asarray(rhos, float), seeds)
     lo, hi = float(x.min()), float(x.max())
@@ -157,7 +158,8 @@ class SeedsNeeded:
     refined: Power | None = None
 
 
-def seeds_needed(rhos, curve: Curve | MeanCurve, noise: float, target: float = TARGET, draws: int = DRAWS) -> SeedsNeeded:
+def seeds_needed(rhos, curve: Curve | MeanCurve, noise: float, target: float = TARGET,
+                 draws: int = DRAWS) -> SeedsNeeded:
     rhos = sorted(float(r) for r in rhos)
     true = curve.minimum(rhos[0], rhos[-1])
     if true is None:

@@ -13,8 +13,8 @@ A path may change one more thing, to bisect what a path breaks: ``compiled,exper
 loop in place of its grouped GEMMs), ``compiled,fused=false`` (the foreach optimizer), ``compiled,backend=aot_eager``
 (another ``torch.compile`` backend: ``eager`` runs Dynamo's graph as traced, ``aot_eager`` adds AOTAutograd's joint
 graph, ``inductor`` generates kernels), ``compiled,inductor.emulate_precision_casts=true`` (an Inductor setting),
-``compiled,optim.grad_clip=0`` (any other dotted key overrides the trial, as ``engram-lab train --set`` does). ``--set`` overrides every path's trial
-(``--set train.compute=6e13`` for shorter runs).
+``compiled,optim.grad_clip=0`` (any other dotted key overrides the trial, as ``engram-lab train --set`` does).
+``--set`` overrides every path's trial (``--set train.compute=6e13`` for shorter runs).
 
 Prints each path's validation curve, its final loss against the reference's (the ratio) and against the unigram
 entropy (a model at the unigram entropy has learned token frequencies and nothing of context), and its steady rate.
