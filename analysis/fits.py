@@ -197,8 +197,8 @@ def _seeds_for_target(f: dict, draws: int) -> dict | None:
     rho* to +- the target on these rho values, and on the grid refined around it where these cannot
     (:mod:`analysis.power`), simulated with the chosen law as the true curve and this budget's pooled seed sd as the
     noise. Where every point has two or more runs, also with the mean loss at each rho as the true curve
-    (``means``): what the seed bootstrap resamples around. The law smooths the means' bumps away and asks for the
-    fewest seeds; the means keep them, as the interval does, and ask for the most: the two bracket the count. None
+    (``means``): what the seed bootstrap resamples around. The law smooths the means' bumps away, the means keep
+    them, as the interval does; where the counts differ, the bumps' being noise or shape decides which holds. None
     where the interval is that narrow already or there is no law or no seed sd to simulate with."""
     o, noise = f["optimum"], f["noise_floor"]["pooled_sd"]
     if o is None or noise is None:

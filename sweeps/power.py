@@ -3,7 +3,9 @@
 The planned rho values of each budget are simulated as :mod:`analysis.power` does: the true curve is the law that
 AICc chose for a pilot sweep's runs at that budget (or the paper's U where no pilot has one), the noise the pilot's
 pooled seed sd (or ``--noise``). Where the planned values do not reach the target, the same simulation runs on the
-grid refined around the curve's minimum (:func:`analysis.power.refined_grid`).
+grid refined around the curve's minimum (:func:`analysis.power.refined_grid`). Where the pilot ran the planned values
+with two or more seeds each (a sweep planning more seeds of itself), they are simulated once more with its mean
+loss at each rho as the true curve: a second count beside the law's (:mod:`analysis.power` says when they part).
 """
 
 from __future__ import annotations
@@ -14,7 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.power import DRAWS, LEVEL, SEED_COUNTS, TARGET, Curve, Power, chosen_curve, seeds_needed
+from analysis.power import (
+    DRAWS,
+    LEVEL,
+    SEED_COUNTS,
+    TARGET,
+    Curve,
+    MeanCurve,
+    Power,
+    chosen_curve,
+    mean_curve,
+    seeds_needed,
+)
 from engram.budget import count
 from sweeps.spec import PlannedTrial, SweepSpec
 
@@ -63,10 +76,11 @@ class Pilot:
     noise: float | None  # seed sd pooled over its grid points with two or more seeds
     dof: int  # the degrees of freedom behind it: a few leave the noise itself uncertain
     curves: dict[str, Curve]  # by budget (axes.budget; "all" for a sweep without one)
+    means: dict[str, MeanCurve]  # by budget, where every rho value ran two or more seeds
 
 
 def read_pilot(results: str | Path, sweep: str) -> Pilot:
-    """A finished sweep's seed noise and, per budget, the law AICc chose for its runs."""
+    """A finished sweep's seed noise and, per budget, the law AICc chose for its runs and its mean loss at each rho."""
     import pandas as pd
 
     from analysis import data, fits, tables
@@ -74,16 +88,19 @@ def read_pilot(results: str | Path, sweep: str) -> Pilot:
     df = data.load(results, sweep)
     floor = tables.noise_floor(df)
     runs = data.completed_runs(df)
-    curves = {}
+    curves, means = {}, {}
     if "accounting.rho" in runs and len(runs):
         runs = runs[runs["accounting.rho"].notna()]
         budgets = runs["axes.budget"].astype(str) if "axes.budget" in runs else pd.Series("all", index=runs.index)
         for budget in sorted(set(budgets)):
-            selection = fits.fit_u_curve_group(runs[budgets == budget], n_boot=100).get("selection")
-            if selection:
+            fit = fits.fit_u_curve_group(runs[budgets == budget], n_boot=100)
+            if fit.get("selection"):
+                selection = fit["selection"]
                 curves[budget] = chosen_curve(selection, f"the {selection['chosen']} law AICc chose for {sweep} "
                                                          f"budget {budget}")
-    return Pilot(sweep, tables.pooled_sd(floor), int((floor["seeds"] - 1).sum()), curves)
+            if fit.get("points") and all(pt["n"] >= 2 for pt in fit["points"]):
+                means[budget] = mean_curve(fit["points"], f"the mean loss at each rho of {sweep} budget {budget}")
+    return Pilot(sweep, tables.pooled_sd(floor), int((floor["seeds"] - 1).sum()), curves, means)
 
 
 def power_report(spec: SweepSpec, planned: list[PlannedTrial], results: str | Path = "results",
@@ -129,6 +146,13 @@ def power_report(spec: SweepSpec, planned: list[PlannedTrial], results: str | Pa
             lines.append(f"  refined around rho* {true:.3f} (adding rho {', '.join(f'{r:.2f}' for r in added)}; "
                          f"{len(needed.refined_rhos)} values):")
             lines += _power_lines(needed.refined, true, target, points=len(needed.refined_rhos))
+        pilot_means = found.means if found else {}
+        means = pilot_means.get(grid.budget) or next(iter(pilot_means.values()), None)
+        if means is not None and means.covers(grid.rhos) and len(means.rhos) == len(grid.rhos):
+            by_means = seeds_needed(grid.rhos, means, noise, target)
+            lines.append(f"  with {means.source} as the true curve (what a fit's interval resamples around):")
+            lines += (["  it has no minimum inside these rho values"] if by_means.grid is None else
+                      _power_lines(by_means.grid, by_means.rho_star, target))
     return "\n".join(lines)
 
 

@@ -365,11 +365,10 @@ def test_a_wide_rho_star_interval_says_how_many_seeds_would_narrow_it():
     widths = s["grid"]["half_widths"]
     assert widths[2] > 0.05 and s["grid"]["needed"] > 2 and widths[16] < widths[2]
     assert s["true_rho_star"] == pytest.approx(b["optimum"]["estimate"], abs=1e-6)
-    # every point has two seeds: also simulated around the means the bootstrap resamples around, whose bumps (noise
-    # of two seeds here) the law smooths away: here they ask for more seeds than the law
+    # every point has two seeds: also simulated around the means the bootstrap resamples around
     means = s["means"]["grid"]
     assert lo < s["means"]["true_rho_star"] < hi and means["rhos"] == s["grid"]["rhos"]
-    assert all(means["half_widths"][n] >= 0.9 * widths[n] for n in (2, 4, 8, 16))
+    assert means["half_widths"][16] < means["half_widths"][2] and means["needed"] is not None
     assert f"rho* to +-0.05 takes {s['grid']['needed']} seeds per point" in b["verdict"]
     assert "with the mean loss at each rho as the true curve (what the interval resamples around), " in b["verdict"]
     assert "- seeds: rho* to +-0.05 takes" in report._laws(wide)

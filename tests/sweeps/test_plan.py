@@ -127,6 +127,24 @@ def test_plan_power_reads_a_pilots_noise_and_curve(tmp_path, capsys):
     assert rho_star == pytest.approx(0.6, abs=0.05)
 
 
+def test_plan_power_for_more_seeds_of_a_sweep_also_takes_its_means_as_the_truth(tmp_path, capsys):
+    """A pilot that ran the planned rho values with repeated seeds: the simulation runs once around the law it chose
+    and once around its mean loss at each rho (the fit's interval resamples around those)."""
+    from sweeps.power import rho_grids
+    from sweeps.spec import expand, load_spec
+
+    spec = _allocation_spec(tmp_path)
+    grid = next(iter(rho_grids(load_spec(spec), expand(load_spec(spec))).values()))
+    results = tmp_path / "results"
+    write_sweep(results, simulate_u_curve(np.random.default_rng(1), {"2e20": quadratic_law(1.8, 0.6, 0.3)},
+                                          grid.rhos, seeds=3, noise=0.004, sweep="pilot"))
+    assert main(["plan", spec, "--power", "--pilot", "pilot", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "law AICc chose for pilot budget 2e20" in out
+    by_means = out.split("with the mean loss at each rho of pilot budget 2e20 as the true curve")[1]
+    assert "+-rho*" in by_means and "needed:" in by_means
+
+
 def test_plan_power_without_noise_or_records_says_what_to_pass(tmp_path, capsys):
     assert main(["plan", _allocation_spec(tmp_path), "--power", "--results", str(tmp_path / "results")]) == 2
     assert "pass --pilot SWEEP" in capsys.readouterr().err
