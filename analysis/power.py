@@ -4,8 +4,8 @@ The rho values of a budget are trained again in simulation: a true curve plus Ga
 is a law of :data:`analysis.stats.U_MODELS` with its parameters (:class:`Curve`: the paper's U, or the law AICc chose
 for a pilot's runs, for planning rho values not yet run) or a sweep's own mean loss at each rho (:class:`MeanCurve`:
 after the sweep, on the values it ran). The law smooths the means' bumps away; the means keep them, as the seed
-bootstrap of rho*'s interval does. At 2e14 the ladder's law asked for six seeds a point, and seven left the interval
-0.165 wide; its means ask for about 41 (results/README.md, 2026-12-06).
+bootstrap of rho*'s interval does. At 2e14 the ladder's law, fitted to five seeds, asked for seven seeds a point;
+seven left the interval 0.165 wide, and now the law asks six and the means about 41 (results/README.md, 2026-12-06).
 Each simulated sweep is analysed as the U-curve fit analyses a real one: the three laws fitted to its runs, one
 chosen by AICc, rho* its minimiser on the sampled range (:func:`analysis.stats.choose_laws`; equal weights, the
 simulated noise being the same at every rho). The half-width for n seeds is the 95th percentile of |estimated rho* -

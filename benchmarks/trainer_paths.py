@@ -43,33 +43,46 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.common import REPO, Mismatch, ladder_trial, smoke, table, write_result
-from experiments.config import trial_from_dict
+from experiments.config import parse_override, trial_from_dict
 
-PATHS = {  # name: its settings; fused, experts, backend and inductor.* are the process's, other keys the trial's
-    "eager": {},
-    "eager-fp32": {"train.precision": "32"},
-    "fused-adamw": {"fused": True},
-    "compiled": {"train.compile": True, "fused": True},
-    "cuda-graphs": {"train.compile": "cudagraphs", "fused": True},
+PATHS = {  # name: its settings, KEY=VALUE as a path's extra ones are given
+    "eager": [],
+    "eager-fp32": ["train.precision='32'"],
+    "fused-adamw": ["fused=true"],
+    "compiled": ["train.compile=true", "fused=true"],
+    "cuda-graphs": ["train.compile=cudagraphs", "fused=true"],
 }
 EXPERTS = ("auto", "loop", "grouped")
 BACKENDS = ("inductor", "aot_eager", "eager")
 
 
-def path_settings(path: str) -> dict:
-    """``NAME[,KEY=VALUE...]`` -> the settings of PATHS[NAME] with the extra ones (values parse as YAML)."""
-    from experiments.config import parse_override
+@dataclasses.dataclass
+class PathSettings:
+    fused: bool | None = None  # None: torch's default (foreach) Adam/AdamW kernels
+    experts: str = "auto"  # the MoE's expert computation: auto, loop, grouped
+    backend: str = "inductor"  # torch.compile's, where the trial compiles
+    inductor: dict = dataclasses.field(default_factory=dict)  # more Inductor options
+    overrides: list[str] = dataclasses.field(default_factory=list)  # the trial's KEY=VALUE
 
+
+def path_settings(path: str) -> PathSettings:
+    """``NAME[,KEY=VALUE...]``: the settings of PATHS[NAME] and the extra ones (values parse as YAML)."""
     name, *extra = path.split(",")
     if name not in PATHS:
         raise SystemExit(f"unknown path {name!r} in {path!r}: choose from {', '.join(PATHS)}")
-    settings = dict(PATHS[name])
-    for item in extra:
-        key, value = parse_override(item)
-        settings[".".join(key)] = value
-    if settings.get("experts", "auto") not in EXPERTS:
+    settings = PathSettings()
+    for item in PATHS[name] + extra:
+        parts, value = parse_override(item)
+        key = ".".join(parts)
+        if key in ("fused", "experts", "backend"):
+            setattr(settings, key, value)
+        elif key.startswith("inductor."):
+            settings.inductor[key.removeprefix("inductor.")] = value
+        else:
+            settings.overrides.append(item)
+    if settings.experts not in EXPERTS:
         raise SystemExit(f"{path!r}: experts is one of {', '.join(EXPERTS)}")
-    if settings.get("backend", "inductor") not in BACKENDS:
+    if settings.backend not in BACKENDS:
         raise SystemExit(f"{path!r}: backend is one of {', '.join(BACKENDS)}")
     return settings
 
@@ -81,20 +94,16 @@ def train(trial, path: str, folder: Path) -> dict:
     from experiments import module, optim
     from experiments.train import run_trial
 
-    settings = path_settings(path)
-    fused, experts, backend = (settings.pop(k, d) for k, d in (("fused", None), ("experts", "auto"),
-                                                                ("backend", "inductor")))
-    inductor = {key.removeprefix("inductor."): settings.pop(key) for key in list(settings)
-                if key.startswith("inductor.")}
-    trial = trial_from_dict(trial.to_dict(), [f"{k}={json.dumps(v)}" for k, v in settings.items()])
+    s = path_settings(path)
+    trial = trial_from_dict(trial.to_dict(), s.overrides)
     fusable, grouped, compiled = optim._fusable, engram.moe.grouped_mm_available, module.compiled
-    optim._fusable = lambda params: fused and fusable(params)  # None: torch's default (foreach) kernels
-    if experts != "auto":
-        engram.moe.grouped_mm_available = lambda device: experts == "grouped"
-    if backend != "inductor":  # Inductor's settings (CUDA graphs among them) do not apply to the other backends
-        module.compiled = lambda fn, cuda_graphs=False: torch.compile(fn, backend=backend, dynamic=False)
-    elif inductor:
-        module.compiled = lambda fn, cuda_graphs=False: compiled(fn, cuda_graphs=cuda_graphs, options=inductor)
+    optim._fusable = lambda params: s.fused and fusable(params)
+    if s.experts != "auto":
+        engram.moe.grouped_mm_available = lambda device: s.experts == "grouped"
+    if s.backend != "inductor":  # Inductor's settings (CUDA graphs among them) do not apply to the other backends
+        module.compiled = lambda fn, cuda_graphs=False: torch.compile(fn, backend=s.backend, dynamic=False)
+    elif s.inductor:
+        module.compiled = lambda fn, cuda_graphs=False: compiled(fn, cuda_graphs=cuda_graphs, options=s.inductor)
     try:
         record = run_trial(dataclasses.replace(trial, sweep="paths-" + path.split(",")[0]),
                            results=folder / "results", workdir=folder / "runs")
@@ -163,7 +172,7 @@ def main() -> None:
         trial = dataclasses.replace(trial, data=dataclasses.replace(trial.data, tokenizer_docs=2000,
                                                                     max_train_tokens=500000))
         train_cfg = dataclasses.replace(train_cfg, compute=5e11, eval_every_tokens=100_000, val_tokens=16384)
-        args.paths = [p for p in args.paths if not settings[p].get("fused")]  # fused kernels need a GPU
+        args.paths = [p for p in args.paths if not settings[p].fused]  # fused kernels need a GPU
     trial = trial_from_dict(dataclasses.replace(trial, train=train_cfg).to_dict(), args.set)
 
     def write(rows: list[dict], finished: bool) -> None:

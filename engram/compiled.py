@@ -6,13 +6,13 @@ its main target, small ones excepted. Upstream it returned gradients that were n
 or stale memory, when the reduced buffer is a view into a larger one (pytorch/pytorch#193061, regression in 2.10,
 fixed by #193103), and mis-fused conv-bias gradients in 2.10 (#190796). It is off here. Shapes are fixed: a new
 shape is a new static compilation, never Dynamo's recompilation with symbolic sizes (automatic dynamic shapes),
-which is how ``tests/engram/test_compiled_training.py`` had compiled the ladder's model after its CPU cases, with
-gradients ~1e4 off from the second step. With fixed shapes the test's Inductor case follows eager on an H100 (torch
-2.11); its CUDA-graph case does not, and a compiled ladder trial still stalls at the unigram entropy, with or
+under which the ladder's model had gradients ~1e4 off eager ones from the second step.
+
+Known fault (torch 2.11, H100 and H200): a ladder trial compiled by Inductor stalls at the unigram entropy, with or
 without CUDA graphs, deterministic algorithms, fused AdamW or clipping, while the same trial compiled with the
 ``aot_eager`` backend learns as eager does: the fault is in the code Inductor generates for the GPU
-(results/README.md, 2026-12-06). ``benchmarks/trainer_paths.py`` bisects it further (``compiled,experts=loop``,
-``compiled,inductor.SETTING=...``).
+(results/README.md, 2026-12-06; ``benchmarks/trainer_paths.py`` bisects it). Sweeps train eagerly until ``bash
+benchmarks/on_gpu.sh check`` passes.
 """
 
 from __future__ import annotations

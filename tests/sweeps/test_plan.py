@@ -90,7 +90,7 @@ def test_means_are_known_only_where_they_were_measured():
     means = MeanCurve(np.array(ladder), flat.at(ladder), "the ladder's means")
     with pytest.raises(ValueError, match="known only at rho"):
         means.at([0.85])
-    # more seeds on these values cannot reach +-0.05 (the test above); the midpoints that would have no means
+    # more seeds on these values cannot reach +-0.05 (the test above), and the refined grid's midpoints have no means
     needed = seeds_needed(ladder, means, 0.0286)
     assert needed.grid.needed is None and needed.refined is None
 
