@@ -8,11 +8,12 @@ fixed by #193103), and mis-fused conv-bias gradients in 2.10 (#190796). It is of
 shape is a new static compilation, never Dynamo's recompilation with symbolic sizes (automatic dynamic shapes),
 under which the ladder's model had gradients ~1e4 off eager ones from the second step.
 
-Known fault (torch 2.11, H100 and H200): a ladder trial compiled by Inductor stalls at the unigram entropy, with or
-without CUDA graphs, deterministic algorithms, fused AdamW or clipping, while the same trial compiled with the
-``aot_eager`` backend learns as eager does: the fault is in the code Inductor generates for the GPU
-(results/README.md, 2026-12-06; ``benchmarks/trainer_paths.py`` bisects it). Sweeps train eagerly until ``bash
-benchmarks/on_gpu.sh check`` passes.
+Inductor's coalescing tiling analysis (``triton.coalesce_tiling_analysis``, on by default in torch 2.11) is off too:
+with it, every ladder trial compiled by Inductor on an H100 stalled at the unigram entropy, with or without CUDA
+graphs, deterministic algorithms, fused AdamW or clipping, while the same trial learned under the ``aot_eager``
+backend; with it off, or with no fusion at all (``max_fusion_size=1``), the trial learns as eager does (2e14,
+rho 0.8: 4.007 compiled and graphed against 4.011 eager). What in the kernels it tiles goes wrong is not known
+(results/README.md, 2026-12-06 and 2026-12-07; ``benchmarks/trainer_paths.py`` bisects by Inductor setting).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import torch
 
 
 def compiled(fn, cuda_graphs: bool = False, options: dict | None = None, **kwargs):
-    """``torch.compile(fn, dynamic=False, **kwargs)`` with mix-order reduction off; ``cuda_graphs`` replays CUDA
-    graphs at each call (a small model's step is otherwise bound by kernel launches); ``options`` are more Inductor
-    settings."""
+    """``torch.compile(fn, dynamic=False, **kwargs)`` with mix-order reduction and coalescing tiling analysis off;
+    ``cuda_graphs`` replays CUDA graphs at each call (a small model's step is otherwise bound by kernel launches);
+    ``options`` are more Inductor settings."""
     import torch._inductor.config as inductor
 
     settings = {"triton.cudagraphs": cuda_graphs}
     if hasattr(inductor.triton, "mix_order_reduction"):  # torch < 2.10 has no such fusion
         settings["triton.mix_order_reduction"] = False
+    if hasattr(inductor.triton, "coalesce_tiling_analysis"):  # older torch has no such analysis
+        settings["triton.coalesce_tiling_analysis"] = False
     return torch.compile(fn, options={**settings, **(options or {})}, **{"dynamic": False, **kwargs})

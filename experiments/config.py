@@ -63,12 +63,10 @@ class TrainConfig:
         precision: ``auto`` (bf16-mixed on GPU, 32-true on CPU) or any Lightning precision string.
         compile: ``torch.compile`` the model's loss (Engram's lookup stays eager); ``cudagraphs`` compiles it into
             CUDA graphs too (``mode="reduce-overhead"``): a small model's step is otherwise bound by kernel launches.
-            Wrong on a GPU at the ladder's sizes (torch 2.11): with Inductor's defaults ``true`` stalled at the
-            unigram entropy in every run there and ``cudagraphs`` in every ladder trial (it learned in two
-            single-trial runs), while eager training learned; with Inductor's mix-order reduction off
-            (``engram.compiled``) the compiled gradients are still ~1e4 off eager ones from the second step on
-            (results/README.md, 2026-12-03). ``bash benchmarks/on_gpu.sh check`` compares compiled and eager steps
-            and, where they differ, bisects the compile (``benchmarks/compiled_grads.py``).
+            On a GPU at the ladder's sizes (torch 2.11) compiled trials learned nothing until Inductor's
+            coalescing tiling analysis was turned off (``engram.compiled``); with it off a compiled and a graphed
+            trial end within 0.1% of the eager one's loss (results/README.md, 2026-12-07). ``bash
+            benchmarks/on_gpu.sh check`` compares compiled and eager steps and trials on a new machine or torch.
         accelerator: ``auto``, ``cpu`` or ``gpu``.
         devices: devices per node, one process each (data parallel when ``devices * num_nodes > 1``).
         num_nodes: nodes (data parallel across nodes: SLURM tasks, or torchrun).
