@@ -31,6 +31,7 @@ import yaml
 
 from benchmarks.common import LADDER, REPO, smoke, table, write_result
 from engram.device import peak_flops
+from sweeps.cli import COMPILE
 
 
 def slice_spec(folder: Path, name: str, budget: str, rhos: list[float]) -> Path:
@@ -39,6 +40,7 @@ def slice_spec(folder: Path, name: str, budget: str, rhos: list[float]) -> Path:
     raw["base"] = str((LADDER.parent / raw["base"]).resolve())
     raw["grid"]["budget"]["levels"] = {budget: raw["grid"]["budget"]["levels"][budget]}
     raw["grid"]["rho"]["values"] = rhos
+    raw.pop("points", None)  # the ladder's extra seeds at chosen points, most of them outside the slice
     if smoke():  # the script's own check on a CPU: small trials, two seeds, no compilation
         raw["grid"]["budget"]["levels"][budget]["train.compute"] = 2e12
         raw["set"].update({"train.compile": False, "train.eval_every_tokens": 0, "data.tokenizer_docs": 2000,
@@ -93,7 +95,8 @@ def run_mode(mode: str, args, folder: Path) -> tuple[dict, list[dict]]:
     try:
         with MPS(work / "mps") if mode == "mps" else contextlib.nullcontext():
             outcome = run_sweep(spec_path, results=work / "results", workdir=work / "runs", analyse=False,
-                                poll_s=1.0, timeout_s=args.timeout, echo=print)
+                                poll_s=1.0, timeout_s=args.timeout, echo=print,
+                                compile_=None if args.compile is None or smoke() else COMPILE[args.compile])
     except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as err:
         return {"mode": mode, "error": f"{type(err).__name__}: {err}"[:300]}, []
     wall = time.time() - started
@@ -119,6 +122,7 @@ def main() -> None:
     ap.add_argument("--rho", type=float, nargs="+", default=[0.5, 0.8])
     ap.add_argument("--modes", nargs="+", default=["processes", "mps"], choices=["processes", "mps"])
     ap.add_argument("--timeout", type=float, default=900, help="seconds per mode")
+    ap.add_argument("--compile", choices=tuple(COMPILE), help="every trial's train.compile (default: the spec's)")
     args = ap.parse_args()
     rows, trials = [], []
     with tempfile.TemporaryDirectory(dir=REPO / "runs" if (REPO / "runs").is_dir() else None) as tmp:
@@ -133,7 +137,8 @@ def main() -> None:
         row["vs_processes"] = row["mfu"] / reference if row.get("mfu") and reference else None
     print(table(trials, ["mode", "rho", "seed", "place in job", "startup_s", "warmup_s", "steady tok/s", "wall_s"]))
     print(table(rows, ["mode", "trials", "of", "flops", "wall_s", "mfu", "vs_processes", "error"]))
-    write_result("sweep_throughput", {"budget": args.budget, "rho": args.rho, "text_ready_s": prepared,
+    write_result("sweep_throughput", {"budget": args.budget, "rho": args.rho, "compile": args.compile,
+                                      "text_ready_s": prepared,
                                       "modes": rows, "trials": trials})
     sys.stdout.flush()
 
