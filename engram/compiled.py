@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+OFF = ("mix_order_reduction", "coalesce_tiling_analysis")  # Inductor's passes that broke training here (above)
+
 
 def compiled(fn, cuda_graphs: bool = False, options: dict | None = None, **kwargs):
     """``torch.compile(fn, dynamic=False, **kwargs)`` with mix-order reduction and coalescing tiling analysis off;
@@ -28,8 +30,7 @@ def compiled(fn, cuda_graphs: bool = False, options: dict | None = None, **kwarg
     import torch._inductor.config as inductor
 
     settings = {"triton.cudagraphs": cuda_graphs}
-    if hasattr(inductor.triton, "mix_order_reduction"):  # torch < 2.10 has no such fusion
-        settings["triton.mix_order_reduction"] = False
-    if hasattr(inductor.triton, "coalesce_tiling_analysis"):  # older torch has no such analysis
-        settings["triton.coalesce_tiling_analysis"] = False
+    for name in OFF:
+        if hasattr(inductor.triton, name):  # older torch has neither pass
+            settings[f"triton.{name}"] = False
     return torch.compile(fn, options={**settings, **(options or {})}, **{"dynamic": False, **kwargs})

@@ -63,7 +63,7 @@ class TrainConfig:
         precision: ``auto`` (bf16-mixed on GPU, 32-true on CPU) or any Lightning precision string.
         compile: ``torch.compile`` the model's loss (Engram's lookup stays eager); ``cudagraphs`` compiles it into
             CUDA graphs too (``mode="reduce-overhead"``): a small model's step is otherwise bound by kernel launches.
-            On a GPU at the ladder's sizes (torch 2.11) compiled trials learned nothing until Inductor's
+            On a GPU at the ladder's sizes (torch 2.11) compiled ladder trials stalled until Inductor's
             coalescing tiling analysis was turned off (``engram.compiled``); with it off a compiled and a graphed
             trial end within 0.1% of the eager one's loss (results/README.md, 2026-12-07). ``bash
             benchmarks/on_gpu.sh check`` compares compiled and eager steps and trials on a new machine or torch.
