@@ -25,7 +25,7 @@ def test_rho_grid_counts_match_built_models_and_hold_the_budget():
                  engram=EngramConfig(layers=[1], orders=[2, 3], heads=4, mem_dim=32))
     dense_act = count(dataclasses.replace(shape, engram=None)).P_act
     target = 10 * dense_act
-    grid = rho_grid(shape, target, [0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 1.0])
+    grid = rho_grid(shape, target, [0.0, 0.1, 0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 1.0])
     acts = [c.P_act for _, _, c in grid]
     for rho, cfg, c in grid:
         assert abs(c.P_tot - target) <= 0.01 * target
@@ -36,6 +36,7 @@ def test_rho_grid_counts_match_built_models_and_hold_the_budget():
         assert c.P_sparse == c.P_tot - c.P_act == c.P_moe_sparse + c.P_engram
     assert (max(acts) - min(acts)) / min(acts) < 0.01
     assert grid[-1][1].engram is None  # rho = 1 is pure MoE
+    assert grid[0][2].experts == shape.moe.top_k  # rho = 0: every token's experts are all there are
     assert [c.experts for _, _, c in grid] == sorted(c.experts for _, _, c in grid)
 
 

@@ -60,6 +60,16 @@ def test_tiny_trial_completes_and_learns(trained):
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt", "last.previous.ckpt"]
 
 
+def test_a_trial_at_rho_0_trains_on_the_top_k_experts_and_engram_rows(tmp_path):
+    """The Engram-dominated end of the allocation grid: the router has nothing to choose."""
+    trial = trial_from_dict(tiny(budget={"total_params": 150_000, "rho": 0.0}))
+    record = run_trial(trial, results=tmp_path / "results", workdir=tmp_path / "runs")
+    assert record["status"] == "completed", record["reason"]
+    a = record["accounting"]
+    assert a["experts"] == trial.model.moe.top_k and a["rho"] == 0.0 and a["engram_slots"] > 0
+    assert record["metrics"]["val_loss"] < 0.9 * record["metrics"]["unigram_entropy"]
+
+
 ON_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
