@@ -104,6 +104,24 @@ def test_verdict_rules():
     assert claims.combine([claims.SUPPORTS, claims.CONTRADICTS]) == claims.CONTRADICTS
 
 
+def test_the_engram_end_is_judged_from_measured_points_against_pure_moe():
+    """The left arm of the U: the lowest sampled rho (below 0.3) above the pure-MoE loss supports, below it
+    contradicts, a curve sampled only from 0.4 cannot tell; Welch over the seeds of the two points."""
+    claim = next(c for c in claims.load_claims()["claims"] if c["id"] == "allocation.engram_end_above_moe")
+
+    def judged(low_rho: float, low_mean: float) -> dict:
+        points = [{"rho": low_rho, "n": 4, "mean": low_mean, "sd": 0.02},
+                  {"rho": 0.8, "n": 4, "mean": 3.30, "sd": 0.02}, {"rho": 1.0, "n": 4, "mean": 3.40, "sd": 0.02}]
+        fits = {"level": 0.95, "u_curve": {"budgets": {"7e14": {"status": "ok", "points": points}}}}
+        return claims.CHECKS[claim["check"]](claim, fits, None, {})
+
+    assert judged(0.0, 3.50)["verdict"] == claims.SUPPORTS
+    below = judged(0.1, 3.30)
+    assert below["verdict"] == claims.CONTRADICTS and "L(0.1) - L(1) = -0.1000" in below["ours"]
+    assert judged(0.0, 3.41)["verdict"] == claims.CANNOT  # 0.01 apart with seed sds of 0.02
+    assert judged(0.4, 3.60)["verdict"] == claims.CANNOT
+
+
 def test_markdown_and_latex_escape_their_special_characters():
     df = pd.DataFrame({"a_b": ["x|y", "50%"], "n": [1, 2.5]})
     md = tables.to_markdown(df)
