@@ -4,7 +4,8 @@
 # pytest pluggy iniconfig packaging pygments, for its Python), the ladder's text in .data/english and .data/heldout
 # (copied to ../corpora, where the spec reads it); records are written under runs/ and packed into $OUT.
 #
-#   bash benchmarks/on_gpu.sh check              # compiled steps and trials against eager ones (pytest), then
+#   bash benchmarks/on_gpu.sh check              # compiled steps and trials against eager ones, and gradient
+#                                                #   clipping's GPU path (pytest), then
 #                                                #   a compiled trial's loss against an eager one's; where the
 #                                                #   steps differ, bench compiled_grads bisects the compile
 #   bash benchmarks/on_gpu.sh bench NAME [ARGS]  # benchmarks/NAME.py (compiled_grads, trainer_paths, batched_seeds,
@@ -27,8 +28,9 @@ fi
 case "${1:-}" in
   check)
     rm -f runs/compiled-steps-ok
-    if python3 -m pytest -q -p no:cacheprovider tests/engram/test_compiled_training.py \
-         tests/experiments/test_train.py -k "plain_eager or compiled_steps" 2>&1 | tee "$OUT/check.log"; then
+    if python3 -m pytest -q -p no:cacheprovider tests/engram/test_compiled_training.py tests/engram/test_grad_clip.py \
+         tests/experiments/test_train.py -k "plain_eager or compiled_steps or clip_grad_norm" 2>&1 \
+         | tee "$OUT/check.log"; then
       # steps at shared parameters are not training (with fixed shapes the Inductor case passed where compiled
       # trials stalled): a trial compiled into CUDA graphs must also end within 2% of an eager one's loss
       python3 benchmarks/trainer_paths.py --fresh --paths eager cuda-graphs --within 0.02 2>&1 \
