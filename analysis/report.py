@@ -64,6 +64,10 @@ def _summary(fits: dict, results: list[dict], df: pd.DataFrame) -> str:
              f"- Paper claims checked: {len(results)}: **{counts[SUPPORTS]} supported**, "
              f"**{counts[CONTRADICTS]} contradicted**, **{counts[CANNOT]} cannot tell**.",
              f"- Intervals are {round(fits['level'] * 100)}% two-sided throughout."]
+    versions = tables.text_versions(df)
+    for sweep, g in versions.groupby("sweep", sort=False) if not versions.empty else ():
+        lines.append(f"- **{sweep} was scored on {len(g)} versions of its text** (tokenizer and validation set): "
+                     "losses of different versions are not on one scale; see Data.")
     stalled = len(unlearned_runs(df))
     if stalled:
         lines.append(f"- **{stalled} completed runs learned no context** (validation loss at or above the unigram "
@@ -92,6 +96,16 @@ def _data(df: pd.DataFrame, fits: dict) -> str:
     if fits.get("orphan_evals"):
         lines.append(f"Eval records without a run record (not in the table): {', '.join(fits['orphan_evals'])}.\n")
     lines.append(_noise_floor(df))
+    versions = tables.text_versions(df)
+    if not versions.empty:
+        lines.append("Runs of one sweep with the same data settings were scored on different text: the text under "
+                     "`data.path` changed between them (a corpus rebuilt from updated packages moves documents between "
+                     "the training and validation splits and retrains the tokenizer). Fits and claims pool the runs as "
+                     "recorded. Each loss's offset is its version's minus the reference's (the version with the most "
+                     "runs), from the grid points both reached, with a term per point (± standard error). Where a "
+                     "held-out text was scored too, an offset near zero there and not on validation means the "
+                     "validation set changed, not the models:\n")
+        lines.append(tables.to_markdown(versions))
     alloc = df[(df["experiment"] == "allocation") & (df["status"] == "completed")] if not df.empty else df
     if not alloc.empty and {"accounting.P_tot", "accounting.P_act"} <= set(alloc.columns):
         b = alloc["axes.budget"].astype(str) if "axes.budget" in alloc else pd.Series("all", index=alloc.index)

@@ -10,7 +10,9 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import statsmodels.api as sm
 
 from analysis import stats
 from engram_lab.files import write_text_atomic
@@ -76,6 +78,83 @@ def pooled_sd(floor: pd.DataFrame) -> float | None:
     variance weighted by its degrees of freedom (None without such a point)."""
     replicated = floor[floor["seeds"] >= 2]
     return stats.pooled_sd(replicated["seeds"], replicated["seed sd"])
+
+
+TEXT_METRICS = ("metrics.val_loss", "metrics.heldout_loss")
+
+
+TEXT_FIELDS = {"text_fingerprint": "text", "tokenizer_fingerprint": "tokenizer",
+               "validation_fingerprint": "validation", "validation_tokens_available": "validation tokens"}
+
+
+def text_version(runs: pd.DataFrame) -> pd.Series | None:
+    """The text each run was scored on, named by the fields of ``metrics.data`` that every one of ``runs`` recorded
+    (the corpus files' and validation set's fingerprints are newer than the tokenizer's and the validation token
+    count), so that records of one text written before and after a field was added still match; None without them."""
+    fields = [f for f in TEXT_FIELDS if f"metrics.data.{f}" in runs and runs[f"metrics.data.{f}"].notna().all()]
+    if not fields:
+        return None
+    return runs[[f"metrics.data.{f}" for f in fields]].astype(str).apply(
+        lambda row: ", ".join(f"{TEXT_FIELDS[f]} {v[:8]}" for f, v in zip(fields, row)), axis=1)
+
+
+def text_versions(df: pd.DataFrame) -> pd.DataFrame:
+    """Completed runs of one sweep, with the same data settings, scored on different text: one row per version.
+
+    The text under ``data.path`` can change between runs of one sweep (a corpus rebuilt from an updated package
+    moves documents between the splits and retrains the tokenizer), and then losses are not on one scale. Per version:
+    its runs, grid points and dates, and for each loss its offset from the version with the most runs, estimated at the
+    grid points both reached (least squares with a term per point; ``± se``). Empty when every sweep is one text.
+    """
+    if "status" not in df:
+        return pd.DataFrame()
+    runs = df[df["status"] == "completed"]
+    settings = [c for c in runs.columns if c.startswith("config.data.") and runs[c].notna().any()]
+    rows = []
+    for _, group in runs.groupby(["sweep", *settings], sort=False, dropna=False):
+        version = text_version(group)
+        if version is None or version.nunique() < 2:
+            continue
+        group = group.assign(text=version)
+        axes = [c for c in group.columns if c.startswith("axes.") and c != "axes.seed" and group[c].notna().any()]
+        point = group[axes].astype(str).agg(" ".join, axis=1) if axes else pd.Series("", index=group.index)
+        counts = group["text"].value_counts()
+        reference = counts.index[0]
+        offsets = {m: _version_offsets(group[m], group["text"], point, reference)
+                   for m in TEXT_METRICS if m in group and group[m].notna().any()}
+        for text, n in counts.items():
+            mine = group["text"] == text
+            row = {"sweep": group["sweep"].iloc[0], "text": text, "runs": int(n), "points": point[mine].nunique(),
+                   "first run": str(group.loc[mine, "created"].min())[:10] if "created" in group else "",
+                   "last run": str(group.loc[mine, "created"].max())[:10] if "created" in group else "",
+                   "points shared with the reference": "reference" if text == reference else
+                   len(set(point[mine]) & set(point[group["text"] == reference]))}
+            for m, estimates in offsets.items():
+                est = estimates.get(text)
+                row[f"{m.split('.')[-1]} offset"] = ("0 (reference)" if text == reference else
+                                                      "no shared point" if est is None else
+                                                      f"{est[0]:+.4f} ± {est[1]:.4f}")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _version_offsets(loss: pd.Series, text: pd.Series, point: pd.Series, reference: str) -> dict:
+    """{version: (offset, standard error)} of ``loss`` against ``reference`` with a fixed effect per grid point,
+    from the points where two versions share runs; a version without such a point is left out."""
+    keep = loss.notna()
+    loss, text, point = loss[keep], text[keep], point[keep]
+    shared = point.groupby(point).transform(lambda p: text[p.index].nunique() > 1)
+    loss, text, point = loss[shared], text[shared], point[shared]
+    others = [v for v in text.unique() if v != reference]
+    if not others:
+        return {}
+    design = pd.concat([pd.get_dummies(point, dtype=float),
+                        pd.get_dummies(text, dtype=float)[others]], axis=1)
+    if len(loss) <= design.shape[1] or np.linalg.matrix_rank(design.to_numpy()) < design.shape[1]:
+        return {}
+    fit = sm.OLS(loss.to_numpy(dtype=float), design.to_numpy()).fit()
+    n_points = design.shape[1] - len(others)
+    return {v: (float(fit.params[n_points + i]), float(fit.bse[n_points + i])) for i, v in enumerate(others)}
 
 
 def fit_table(fits: dict) -> pd.DataFrame:

@@ -34,17 +34,19 @@ case "${1:-}" in
       # steps at shared parameters are not training (with fixed shapes the Inductor case passed where compiled
       # trials stalled): a trial compiled into CUDA graphs must also end within 2% of an eager one's loss
       python3 benchmarks/trainer_paths.py --fresh --paths eager cuda-graphs --within 0.02 2>&1 \
-        | grep -v -i "warn" | tee "$OUT/trainer_paths.log" && mkdir -p runs && touch runs/compiled-steps-ok
+        | grep --line-buffered -v -i "warn" | tee "$OUT/trainer_paths.log" \
+        && mkdir -p runs && touch runs/compiled-steps-ok
       cp results/benchmarks/trainer_paths.json "$OUT/"
     else  # where the compiled gradients leave the eager ones: by the compile's memory reuse and the allocator's
           # state (at fixed parameters, the compiled function's own state: bench compiled_grads ... --frozen)
       python3 benchmarks/compiled_grads.py --backends inductor inductor-no-reuse inductor-no-donation cudagraphs \
-        --memory plain poisoned 2>&1 | grep -v -i "warn" | tee "$OUT/compiled_grads.log"
+        --memory plain poisoned 2>&1 | grep --line-buffered -v -i "warn" | tee "$OUT/compiled_grads.log"
       cp results/benchmarks/compiled_grads.json "$OUT/"
     fi ;;
   bench)
     name=${2:?bench NAME}
-    python3 "benchmarks/$name.py" "${@:3}" 2>&1 | grep -v -i "warn\|srun\|litlogger" | tee "$OUT/$name.log"
+    python3 "benchmarks/$name.py" "${@:3}" 2>&1 | grep --line-buffered -v -i "warn\|srun\|litlogger" \
+      | tee "$OUT/$name.log"
     cp "results/benchmarks/$name.json" "$OUT/" ;;
   ladder)
     if [ ! -d runs/gpu-results/allocation-ladder ] && [ -d results/allocation-ladder/runs ]; then

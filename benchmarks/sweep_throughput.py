@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -34,8 +35,10 @@ from engram.device import peak_flops
 from sweeps.cli import COMPILE
 
 
-def slice_spec(folder: Path, name: str, budget: str, rhos: list[float]) -> Path:
+def slice_spec(folder: Path, name: str, budget: str, rhos: list[float], jobs: int | None = None) -> Path:
     raw = yaml.safe_load(LADDER.read_text())
+    if jobs:
+        raw["launch"]["max_parallel"] = jobs
     raw["name"] = name
     raw["base"] = str((LADDER.parent / raw["base"]).resolve())
     raw["grid"]["budget"]["levels"] = {budget: raw["grid"]["budget"]["levels"][budget]}
@@ -58,8 +61,6 @@ class MPS:
         self.env = {"CUDA_MPS_PIPE_DIRECTORY": str(folder / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(folder / "log")}
 
     def __enter__(self):
-        if not shutil.which("nvidia-cuda-mps-control"):
-            raise RuntimeError("nvidia-cuda-mps-control is not on the PATH")
         for path in self.env.values():
             Path(path).mkdir(parents=True)
         os.environ.update(self.env)
@@ -85,22 +86,28 @@ def prepare_text(spec_path: Path) -> float:
 
 def run_mode(mode: str, args, folder: Path) -> tuple[dict, list[dict]]:
     from sweeps.launch import run_sweep
-    from sweeps.spec import load_spec
+    from sweeps.spec import expand, load_spec
 
     work = folder / mode
     for cache in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):  # the jobs inherit the driver's environment
         os.environ[cache] = str(work / cache.lower())
-    spec_path = slice_spec(folder, f"throughput-{mode}", args.budget, args.rho)
-    started = time.time()
-    try:
-        with MPS(work / "mps") if mode == "mps" else contextlib.nullcontext():
-            outcome = run_sweep(spec_path, results=work / "results", workdir=work / "runs", analyse=False,
-                                poll_s=1.0, timeout_s=args.timeout, echo=print,
-                                compile_=None if args.compile is None or smoke() else COMPILE[args.compile])
-    except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as err:
-        return {"mode": mode, "error": f"{type(err).__name__}: {err}"[:300]}, []
-    wall = time.time() - started
-    done = [s["record"] for s in outcome.states.values() if s["state"] == "completed"]
+    spec_path = slice_spec(folder, f"throughput-{mode}", args.budget, args.rho, args.jobs)
+    if mode == "mps" and not shutil.which("nvidia-cuda-mps-control"):
+        return {"mode": mode, "error": "nvidia-cuda-mps-control is not on the PATH"}, []
+    started, error = time.time(), None
+    with MPS(work / "mps") if mode == "mps" else contextlib.nullcontext():
+        try:
+            run_sweep(spec_path, results=work / "results", workdir=work / "runs", analyse=False, poll_s=1.0,
+                      timeout_s=args.timeout, echo=print,
+                      compile_=None if args.compile is None or smoke() else COMPILE[args.compile])
+        except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as err:
+            error = f"{type(err).__name__}: {err}"[:300]
+        wall = time.time() - started
+        # jobs ignore SIGTERM (as on SLURM) and would train on past a timeout; MPS shuts down only once they are gone
+        subprocess.run(["pkill", "-9", "-f", str(work / "runs")], check=False)
+    # what finished, also when the sweep timed out (then a lower bound: the trials cut off add wall time only)
+    records = [json.loads(p.read_text()) for p in (work / "results").rglob("runs/*.json")]
+    done = [r for r in records if r["status"] == "completed"]
     flops = sum(r["accounting"]["total_flops"] for r in done)
     devices = {r["device"] for r in done}
     try:
@@ -112,8 +119,8 @@ def run_mode(mode: str, args, folder: Path) -> tuple[dict, list[dict]]:
                "startup_s": r["metrics"].get("startup_s"), "warmup_s": r["metrics"].get("warmup_s"),
                "steady tok/s": r["metrics"]["tokens_per_second_steady"], "wall_s": r["wall_time_s"]}
               for r in sorted(done, key=lambda r: (r["axes"]["rho"], r["seed"]))]
-    return {"mode": mode, "trials": len(done), "of": len(outcome.states), "flops": flops, "wall_s": wall,
-            "mfu": flops / wall / peak if peak else None, "error": None}, trials
+    return {"mode": mode, "trials": len(done), "of": len(expand(load_spec(spec_path))), "flops": flops,
+            "wall_s": wall, "mfu": flops / wall / peak if peak else None, "error": error}, trials
 
 
 def main() -> None:
@@ -121,6 +128,7 @@ def main() -> None:
     ap.add_argument("--budget", default="2e14", help="a budget level of the ladder spec")
     ap.add_argument("--rho", type=float, nargs="+", default=[0.5, 0.8])
     ap.add_argument("--modes", nargs="+", default=["processes", "mps"], choices=["processes", "mps"])
+    ap.add_argument("--jobs", type=int, help="jobs at once (default: the spec's max_parallel); a job per rho")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per mode")
     ap.add_argument("--compile", choices=tuple(COMPILE), help="every trial's train.compile (default: the spec's)")
     args = ap.parse_args()
@@ -138,6 +146,7 @@ def main() -> None:
     print(table(trials, ["mode", "rho", "seed", "place in job", "startup_s", "warmup_s", "steady tok/s", "wall_s"]))
     print(table(rows, ["mode", "trials", "of", "flops", "wall_s", "mfu", "vs_processes", "error"]))
     write_result("sweep_throughput", {"budget": args.budget, "rho": args.rho, "compile": args.compile,
+                                      "jobs": args.jobs or yaml.safe_load(LADDER.read_text())["launch"]["max_parallel"],
                                       "text_ready_s": prepared,
                                       "modes": rows, "trials": trials})
     sys.stdout.flush()

@@ -30,7 +30,7 @@ from engram.config import ConfigError
 from engram_lab.files import waiting_lock
 from engram_lab.records import data_identity
 from experiments.synthetic import CATEGORIES, SyntheticConfig, SyntheticCorpus
-from experiments.text import is_validation, iter_file_documents, iter_hub_documents
+from experiments.text import files_fingerprint, is_validation, iter_file_documents, iter_hub_documents
 from experiments.tokenizer import Tokenizer, cache_dir, load_named, train_bpe
 
 TOKENS_VERSION = "tokens-3"  # part of the cache key: bump when tokenisation or packing changes
@@ -199,9 +199,9 @@ def _tokenizer(cfg: DataConfig) -> Tokenizer:
     return train_bpe(texts, cfg.vocab_size)
 
 
-def _key(cfg: DataConfig, tok: Tokenizer, val_tokens: int) -> str:
+def _key(cfg: DataConfig, tok: Tokenizer, val_tokens: int, text: str | None) -> str:
     stream = {k: v for k, v in identity(cfg).items() if k != "seq_len"}  # cutting is not the stream
-    blob = json.dumps([TOKENS_VERSION, stream, tok.fingerprint(), val_tokens], sort_keys=True, default=str)
+    blob = json.dumps([TOKENS_VERSION, stream, tok.fingerprint(), val_tokens, text], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -244,7 +244,8 @@ def load_corpus(cfg: DataConfig, train_tokens: int, val_tokens: int) -> Corpus:
     tok = _tokenizer(cfg)
     if cfg.source != "synthetic":
         train_tokens = cfg.max_train_tokens
-    path = cache_dir() / "tokens" / f"{_key(cfg, tok, val_tokens)}.npz"
+    text = files_fingerprint(cfg.path) if cfg.source == "files" else None
+    path = cache_dir() / "tokens" / f"{_key(cfg, tok, val_tokens, text)}.npz"
     train, val = _read_cached(path, train_tokens)
     if train is None:
         with waiting_lock(path.with_name(f".{path.stem}.lock")):  # one of the trials started together builds it
@@ -262,6 +263,9 @@ def load_corpus(cfg: DataConfig, train_tokens: int, val_tokens: int) -> Corpus:
                                                           else f"content hash < {cfg.val_fraction} (seed {cfg.seed})"),
         "train_documents": train.documents, "validation_documents": val.documents,
         "train_tokens_available": int(len(train.tokens)), "validation_tokens_available": int(len(val.tokens)),
+        # which text the losses are on: a rebuilt corpus under the same path changes the validation set
+        **({"text_fingerprint": text} if text else {}),
+        "validation_fingerprint": hashlib.sha256(val.tokens.astype(np.int64).tobytes()).hexdigest()[:16],
         "categories": train.names,
     }
     return Corpus(tok, train, val, info)

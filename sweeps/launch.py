@@ -36,8 +36,9 @@ import submitit
 
 from engram.config import ConfigError, build
 from experiments.config import TrialConfig
-from engram_lab.records import RecordError, read_run_record, run_path
+from engram_lab.records import RecordError, data_identity, read_run_record, run_path
 from engram_lab.files import waiting_lock, write_atomic
+from experiments.text import files_fingerprint
 from experiments.train import TrialBusy, TrialFailed, run_trial, trial_dir, trial_lock
 from sweeps.plan import format_plan, plan_rows
 from sweeps.spec import PlannedTrial, SweepSpec, compiled_as, expand, load_spec, on_slurm, spec_text
@@ -460,6 +461,40 @@ def sync(spec: SweepSpec, paths: SweepPaths, planned: list[PlannedTrial], storag
     return states, todo
 
 
+def check_same_text(planned: list[PlannedTrial], states: dict[str, dict], todo: list[PlannedTrial]) -> None:
+    """Refuse, before anything is written or submitted, to add trials on other text to a sweep whose completed runs
+    recorded the text they were trained on: a corpus rebuilt under the same path (an updated package) moves documents
+    between the splits, and the new runs' losses would not be on the old runs' scale. A path this process cannot read
+    (data on the compute nodes only) is not checked."""
+    recorded: dict[str, dict[str, str]] = {}  # data settings -> {text fingerprint: a run id}
+    for p in planned:
+        record = states[p.run_id].get("record") if states[p.run_id]["state"] == "completed" else None
+        text = ((record or {}).get("metrics") or {}).get("data", {}).get("text_fingerprint")
+        if text:
+            recorded.setdefault(_settings(record["config"]["data"]), {}).setdefault(text, p.run_id)
+    now: dict[str, str | None] = {}
+    for p in todo:
+        data = dataclasses.asdict(p.trial.data)
+        seen = recorded.get(_settings(data))
+        if not seen or data["source"] != "files":
+            continue
+        if data["path"] not in now:
+            try:
+                now[data["path"]] = files_fingerprint(data["path"])
+            except FileNotFoundError:
+                now[data["path"]] = None
+        text = now[data["path"]]
+        if text is not None and text not in seen:
+            raise ConfigError("data.path", f"{data['path']} holds other text (fingerprint {text}) than this sweep's "
+                                           f"completed runs were trained on ({', '.join(seen)}; run "
+                                           f"{next(iter(seen.values()))}): the corpus was rebuilt. Put the old files "
+                                           "back, or train this text as a new sweep (another name)")
+
+
+def _settings(data: dict) -> str:
+    return json.dumps(data_identity(data), sort_keys=True, default=str)
+
+
 def first_seeds_first(spec: SweepSpec, todo: list[PlannedTrial]) -> list[PlannedTrial]:
     """Every point's first seed, then every point's second, and so on, within each level of the first axis that has
     named levels (a compute budget, say: they finish one after the other); the plan's order otherwise.
@@ -511,9 +546,11 @@ def run_sweep(spec_path: str | Path, results: str | Path = "results", workdir: s
         return SweepOutcome(planned, {p.run_id: {"state": "planned"} for p in planned})
     paths = SweepPaths(Path(results), Path(workdir), spec.name)
     storage = spec.launch.storage or default_storage_url(workdir, spec.name)
+    warn = _once(echo)  # the ledger is read at every poll; a line that cannot be read is said once
+    found = trial_states([p.run_id for p in planned], paths, warn)
+    check_same_text(planned, found, [p for p in planned if found[p.run_id]["state"] != "completed"])
     prepare(spec, paths, planned)
     started = time.time()
-    warn = _once(echo)  # the ledger is read at every poll; a line that cannot be read is said once
     submitted: list = []
     with driver_lock(paths):
         states, todo = sync(spec, paths, planned, storage, retry_failed, warn)

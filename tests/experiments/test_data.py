@@ -71,6 +71,22 @@ def test_document_split_is_disjoint_stable_and_recorded(tmp_path):
     assert (corpus.train.tokens == eos).sum() == corpus.info["train_documents"]
 
 
+def test_a_rebuilt_corpus_under_the_same_path_is_another_text(tmp_path):
+    folder = write_sources(tmp_path / "corpus")
+    cfg = DataConfig(source="files", path=str(folder), vocab_size=300, seq_len=16, val_fraction=0.2,
+                     tokenizer_docs=300)
+    first, again = load_corpus(cfg, 0, 256).info, load_corpus(cfg, 0, 256).info
+    assert first["text_fingerprint"] == again["text_fingerprint"]
+    assert first["validation_fingerprint"] == again["validation_fingerprint"]
+    added = "A document the package update added, about harbours and their ships. " * 3
+    with open(folder / "b.txt", "a") as f:
+        f.write("\n\n" + added)
+    rebuilt = load_corpus(cfg, 0, 256).info  # not the cached tokens of the old files
+    assert rebuilt["text_fingerprint"] != first["text_fingerprint"]
+    assert (rebuilt["train_documents"] + rebuilt["validation_documents"]
+            == first["train_documents"] + first["validation_documents"] + 1)
+
+
 def test_bpe_is_cached_by_content_and_compresses(tmp_path):
     texts = ["The Cat sat. the cat sat. THE CAT SAT."] * 50 + ["Apple apple APPLE"] * 50
     a = train_bpe(texts, 300, cache=tmp_path)

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -6,7 +7,7 @@ import yaml
 
 from engram.config import ConfigError
 from engram_lab.cli import main
-from sweeps.launch import SweepPaths, prepare, run_sweep
+from sweeps.launch import SweepPaths, check_same_text, prepare, run_sweep, trial_states
 from sweeps.status import sweep_status
 from experiments.config import trial_from_dict, trial_id
 from sweeps.spec import SlurmSpec, expand, grid_points, load_spec, on_slurm
@@ -196,3 +197,29 @@ def test_a_sweep_launched_compiled_keeps_its_run_ids_and_its_finished_trials(tmp
     for flag, value in (("--compile", "true"), ("--max-parallel", "2")):  # a study's own spec says how it runs
         assert main(["sweep", str(study), flag, value]) == 2
         assert flag in capsys.readouterr().err
+
+
+def test_a_sweep_is_not_extended_on_a_rebuilt_corpus(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    docs = [f"Document {i} is about {['apples', 'rivers', 'kings', 'ships'][i % 4]} and what they do. " * 4
+            for i in range(200)]
+    (folder / "a.txt").write_text("\n\n".join(docs))
+    data = {"source": "files", "path": str(folder), "val_fraction": 0.2, "tokenizer_docs": 200}
+    path = _spec(tmp_path, trial=tiny(budget={"total_params": 400_000, "rho": 0.8}, data=data),
+                 grid={"rho": {"path": "budget.rho", "values": [0.5]}}, launch={"executor": "debug"})
+    where = {"results": tmp_path / "results", "workdir": tmp_path / "runs", "analyse": False}
+    assert run_sweep(path, **where).count("completed") == 1
+    spec = yaml.safe_load(path.read_text())
+    spec["grid"]["rho"]["values"] = [0.5, 0.8]
+    path.write_text(yaml.safe_dump(spec))
+    (folder / "a.txt").write_text("\n\n".join(docs + ["A document an update added, about harbours. " * 4]))
+    with pytest.raises(ConfigError) as err:
+        run_sweep(path, **where)
+    assert err.value.field == "data.path" and "rebuilt" in err.value.reason
+    assert len(list((tmp_path / "results" / "t" / "runs").glob("*.json"))) == 1  # nothing was trained
+    assert len(json.loads((tmp_path / "results" / "t" / "plan.json").read_text())["trials"]) == 1  # nor planned
+    (folder / "a.txt").write_text("\n\n".join(docs))  # the old text back: the new trial may train
+    planned = expand(load_spec(path))
+    states = trial_states([p.run_id for p in planned], SweepPaths(where["results"], where["workdir"], "t"), print)
+    check_same_text(planned, states, [p for p in planned if states[p.run_id]["state"] == "missing"])
