@@ -12,7 +12,12 @@ FLOPs of its trials over its wall time (start-up, compilation and validation inc
 peak and the ratio to ``processes``; per trial, startup_s and warmup_s by its place in its job (the first seed of a
 job compiles the point's shapes; the later ones reuse them).
 
+``--jobs`` sets how many jobs run at once (one per rho). A mode that runs past ``--timeout`` counts the trials that
+finished by then, its jobs are killed, and its share of the peak is a lower bound.
+
     PYTHONPATH=. python3 benchmarks/sweep_throughput.py --budget 2e14 --rho 0.5 0.8
+    PYTHONPATH=. python3 benchmarks/sweep_throughput.py --budget 7e14 --rho 0.2 0.4 0.6 0.8 0.9 1.0 --jobs 6 \
+        --modes mps --compile cudagraphs
 """
 
 from __future__ import annotations
