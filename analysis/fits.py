@@ -24,6 +24,7 @@ from statsmodels.stats.oneway import anova_oneway
 
 from analysis import power, stats
 from analysis.data import completed_runs, exclusion_summary
+from analysis.tables import without_text_offsets
 from engram_lab.files import write_atomic
 
 LOSS = "metrics.val_loss"
@@ -46,6 +47,9 @@ def fit_all(df: pd.DataFrame, level: float = stats.LEVEL, n_boot: int = 2000, se
         # the same law on the held-out source, where the runs have it: does the optimum carry beyond the training text
         "u_curve_heldout": (fit_u_curve(df, level, n_boot, seed, y=HELDOUT_LOSS)
                             if HELDOUT_LOSS in df and df[HELDOUT_LOSS].notna().any() else None),
+        # where a sweep's runs were scored on more than one text: the law with each version's offset removed
+        "u_curve_one_text": (fit_u_curve(one_text, level, n_boot, seed)
+                             if (one_text := without_text_offsets(df)) is not None else None),
         "memory_scaling": fit_memory_scaling(df, level),
         "placement": fit_placement(df, level),
         "ablation": fit_ablation(df, level),

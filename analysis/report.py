@@ -72,7 +72,7 @@ def _summary(fits: dict, results: list[dict], df: pd.DataFrame) -> str:
     if stalled:
         lines.append(f"- **{stalled} completed runs learned no context** (validation loss at or above the unigram "
                      "entropy): see Data.")
-    for key in ("u_curve", "u_curve_heldout", "memory_scaling", "placement", "ablation"):
+    for key in ("u_curve", "u_curve_heldout", "u_curve_one_text", "memory_scaling", "placement", "ablation"):
         if fits.get(key) is not None:
             lines.append(f"- {key}: {fits[key]['verdict']}")
     return "\n".join(lines) + "\n"
@@ -101,9 +101,10 @@ def _data(df: pd.DataFrame, fits: dict) -> str:
         lines.append("Runs of one sweep with the same data settings were scored on different text: the text under "
                      "`data.path` changed between them (a corpus rebuilt from updated packages moves documents between "
                      "the training and validation splits and retrains the tokenizer). Fits and claims pool the runs as "
-                     "recorded. Each loss's offset is its version's minus the reference's (the version with the most "
-                     "runs), from the grid points both reached, with a term per point (± standard error). Where a "
-                     "held-out text was scored too, an offset near zero there and not on validation means the "
+                     "recorded; `u_curve_one_text` in the Summary fits the U again with each version's val loss "
+                     "offset removed. Each loss's offset is its version's minus the reference's (the version with the "
+                     "most runs), from the grid points both reached, with a term per point (± standard error). Where "
+                     "a held-out text was scored too, an offset near zero there and not on validation means the "
                      "validation set changed, not the models:\n")
         lines.append(tables.to_markdown(versions))
     alloc = df[(df["experiment"] == "allocation") & (df["status"] == "completed")] if not df.empty else df

@@ -106,23 +106,9 @@ def text_versions(df: pd.DataFrame) -> pd.DataFrame:
     its runs, grid points and dates, and for each loss its offset from the version with the most runs, estimated at the
     grid points both reached (least squares with a term per point; ``± se``). Empty when every sweep is one text.
     """
-    if "status" not in df:
-        return pd.DataFrame()
-    runs = df[df["status"] == "completed"]
-    settings = [c for c in runs.columns if c.startswith("config.data.") and runs[c].notna().any()]
     rows = []
-    for _, group in runs.groupby(["sweep", *settings], sort=False, dropna=False):
-        version = text_version(group)
-        if version is None or version.nunique() < 2:
-            continue
-        group = group.assign(text=version)
-        axes = [c for c in group.columns if c.startswith("axes.") and c != "axes.seed" and group[c].notna().any()]
-        point = group[axes].astype(str).agg(" ".join, axis=1) if axes else pd.Series("", index=group.index)
-        counts = group["text"].value_counts()
-        reference = counts.index[0]
-        offsets = {m: _version_offsets(group[m], group["text"], point, reference)
-                   for m in TEXT_METRICS if m in group and group[m].notna().any()}
-        for text, n in counts.items():
+    for group, point, reference, offsets in _text_groups(df):
+        for text, n in group["text"].value_counts().items():
             mine = group["text"] == text
             row = {"sweep": group["sweep"].iloc[0], "text": text, "runs": int(n), "points": point[mine].nunique(),
                    "first run": str(group.loc[mine, "created"].min())[:10] if "created" in group else "",
@@ -136,6 +122,43 @@ def text_versions(df: pd.DataFrame) -> pd.DataFrame:
                                                       f"{est[0]:+.4f} ± {est[1]:.4f}")
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def without_text_offsets(df: pd.DataFrame, metric: str = "metrics.val_loss") -> pd.DataFrame | None:
+    """``df`` with each text version's ``metric`` moved onto its reference version's scale (its offset from
+    :func:`text_versions` subtracted): what the fits would say on one text. None where every sweep is one text or
+    a version's offset is unknown."""
+    out, moved = df.copy(), False
+    for group, _, reference, offsets in _text_groups(df):
+        for text in group["text"].unique():
+            if text == reference:
+                continue
+            estimate = offsets.get(metric, {}).get(text)
+            if estimate is None:
+                return None
+            out.loc[group.index[group["text"] == text], metric] -= estimate[0]
+            moved = True
+    return out if moved else None
+
+
+def _text_groups(df: pd.DataFrame):
+    """(runs with their ``text`` version, their grid point, the reference version, {loss: {version: (offset, se)}})
+    for each sweep and data setting whose completed runs were scored on more than one text."""
+    if "status" not in df:
+        return
+    runs = df[df["status"] == "completed"]
+    settings = [c for c in runs.columns if c.startswith("config.data.") and runs[c].notna().any()]
+    for _, group in runs.groupby(["sweep", *settings], sort=False, dropna=False):
+        version = text_version(group)
+        if version is None or version.nunique() < 2:
+            continue
+        group = group.assign(text=version)
+        axes = [c for c in group.columns if c.startswith("axes.") and c != "axes.seed" and group[c].notna().any()]
+        point = group[axes].astype(str).agg(" ".join, axis=1) if axes else pd.Series("", index=group.index)
+        reference = group["text"].value_counts().index[0]
+        offsets = {m: _version_offsets(group[m], group["text"], point, reference)
+                   for m in TEXT_METRICS if m in group and group[m].notna().any()}
+        yield group, point, reference, offsets
 
 
 def _version_offsets(loss: pd.Series, text: pd.Series, point: pd.Series, reference: str) -> dict:
@@ -166,7 +189,7 @@ def fit_table(fits: dict) -> pd.DataFrame:
         rows.append({"fit": fit, "group": group, "quantity": quantity, "estimate": est, "ci_low": ci[0],
                      "ci_high": ci[1], "interval": interval, "n": n, "p": p})
 
-    for key in ("u_curve", "u_curve_heldout"):
+    for key in ("u_curve", "u_curve_heldout", "u_curve_one_text"):
         for budget, f in (fits.get(key) or {}).get("budgets", {}).items():
             if f.get("status") != "ok":
                 add(key, budget, "status: " + f["status"], None, n=f["n"])

@@ -40,16 +40,23 @@ def test_a_changed_validation_set_is_found_and_its_offset_measured(tmp_path):
     assert abs(val - 0.02) < 3 * se and se < 0.01  # the shift put in, from the shared points
     held, se = (float(v) for v in new["heldout_loss offset"].split(" ± "))
     assert abs(held) < 3 * se  # the held-out text did not move: the validation set did
+    one_text = tables.without_text_offsets(df)
+    moved = df["metrics.data.tokenizer_fingerprint"] == "bbbb2222"
+    assert np.allclose(df.loc[moved, "metrics.val_loss"] - one_text.loc[moved, "metrics.val_loss"], val, atol=1e-4)
+    assert one_text.loc[~moved, "metrics.val_loss"].equals(df.loc[~moved, "metrics.val_loss"])
     text = report.build_report(df, (fits := fit_all(df, n_boot=50)), {}, claims.evaluate(fits, df),
                                tmp_path / "report.md")
-    assert "ladder was scored on 2 versions of its text" in text.split("## Data")[0]
+    summary = text.split("## Data")[0]
+    assert "ladder was scored on 2 versions of its text" in summary and "- u_curve_one_text: " in summary
     assert new["val_loss offset"] in text.split("## Data")[1].split("## Fitted laws")[0]
+    assert "u_curve_one_text" in set(tables.fit_table(fits)["fit"])
 
 
 def test_one_text_recorded_with_more_fields_later_is_one_version():
     newer = {**OLD, "validation_fingerprint": "cccc3333", "text_fingerprint": "dddd4444"}
     df = frame_from_records(runs({0: OLD, 1: OLD, 2: newer, 3: newer}, shift={}))
-    assert tables.text_versions(df).empty
+    assert tables.text_versions(df).empty and tables.without_text_offsets(df) is None
+    assert fit_all(df, n_boot=20)["u_curve_one_text"] is None
     both = frame_from_records(runs({0: newer, 1: newer, 2: newer, 3: {**newer, "validation_fingerprint": "e"}},
                                    shift={}))
     assert list(tables.text_versions(both)["text"].str.contains("validation cccc3333")) == [True, False]
@@ -61,3 +68,4 @@ def test_versions_without_a_shared_point_have_no_offset():
     versions = tables.text_versions(frame_from_records(records))
     assert versions.iloc[1]["points shared with the reference"] == 0
     assert versions.iloc[1]["val_loss offset"] == "no shared point"
+    assert tables.without_text_offsets(frame_from_records(records)) is None  # no scale to move them onto
