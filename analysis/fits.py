@@ -6,6 +6,8 @@ Which runs feed which fit is decided by the record's ``experiment`` field (engra
     memory_scaling  memory_scaling   val_loss vs accounting.engram_slots, per method (axes.method, else the variant)
     placement       placement        val_loss vs axes.layers (single layers, and splits across several)
     ablation        ablation         val_loss of each axes.ablation against the row named "reference"
+    text_versions   every experiment runs of one sweep scored on different text (a rebuilt corpus): each version's
+                                     loss offsets; u_curve_one_text, the U fitted again with them removed
 
 Only completed runs are fitted; every fit says how many runs of its experiment it left out. Each fit carries the
 model formula, n, coefficients with intervals, R² and a plain-language ``verdict``.
@@ -19,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import statsmodels.api as sm
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.oneway import anova_oneway
 
 from analysis import power, stats
 from analysis.data import completed_runs, exclusion_summary
-from analysis.tables import without_text_offsets
 from engram_lab.files import write_atomic
 
 LOSS = "metrics.val_loss"
@@ -37,6 +39,7 @@ EXPERIMENTS = {"u_curve": "allocation", "memory_scaling": "memory_scaling", "pla
 def fit_all(df: pd.DataFrame, level: float = stats.LEVEL, n_boot: int = 2000, seed: int = 0,
             sweeps: list[str] | None = None) -> dict:
     """Every fit the table supports, plus the run accounting (how many runs, how many left out and why)."""
+    versions, one_text = fit_text_versions(df)
     return {
         "schema": SCHEMA,
         "sweeps": sorted(sweeps) if sweeps is not None else sorted({str(s) for s in df["sweep"].unique()}),
@@ -47,13 +50,90 @@ def fit_all(df: pd.DataFrame, level: float = stats.LEVEL, n_boot: int = 2000, se
         # the same law on the held-out source, where the runs have it: does the optimum carry beyond the training text
         "u_curve_heldout": (fit_u_curve(df, level, n_boot, seed, y=HELDOUT_LOSS)
                             if HELDOUT_LOSS in df and df[HELDOUT_LOSS].notna().any() else None),
+        "text_versions": versions,
         # where a sweep's runs were scored on more than one text: the law with each version's offset removed
-        "u_curve_one_text": (fit_u_curve(one_text, level, n_boot, seed)
-                             if (one_text := without_text_offsets(df)) is not None else None),
+        "u_curve_one_text": fit_u_curve(one_text, level, n_boot, seed) if one_text is not None else None,
         "memory_scaling": fit_memory_scaling(df, level),
         "placement": fit_placement(df, level),
         "ablation": fit_ablation(df, level),
     }
+
+
+# --- the text the runs were scored on -------------------------------------------------------------------------------
+
+TEXT_FIELDS = {"text_fingerprint": "text", "tokenizer_fingerprint": "tokenizer",
+               "validation_fingerprint": "validation", "validation_tokens_available": "validation tokens"}
+
+
+def text_version(runs: pd.DataFrame) -> pd.Series | None:
+    """The text each run was scored on, named by the fields of ``metrics.data`` that every one of ``runs`` recorded
+    (the corpus files' and validation set's fingerprints are newer than the tokenizer's and the validation token
+    count), so that records of one text written before and after a field was added still match; None without them."""
+    fields = [f for f in TEXT_FIELDS if f"metrics.data.{f}" in runs and runs[f"metrics.data.{f}"].notna().all()]
+    if not fields:
+        return None
+    return runs[[f"metrics.data.{f}" for f in fields]].astype(str).apply(
+        lambda row: ", ".join(f"{TEXT_FIELDS[f]} {v[:8]}" for f, v in zip(fields, row)), axis=1)
+
+
+def fit_text_versions(df: pd.DataFrame) -> tuple[list[dict], pd.DataFrame | None]:
+    """Completed runs of one sweep, with the same data settings, scored on different text, and ``df`` on one text.
+
+    The text under ``data.path`` can change between runs of one sweep (a corpus rebuilt from an updated package
+    moves documents between the splits and retrains the tokenizer), and then losses are not on one scale. One entry
+    per version: its runs, grid points and dates, the points it shares with the version with the most runs (the
+    reference; ``shared_points`` None for it) and each loss's offset from the reference as [estimate, se] (least
+    squares with a term per grid point, over the points two versions share; None where it shares none). Empty when
+    every sweep is one text. The frame is ``df`` with each version's val loss moved onto its reference's scale; None
+    where there is nothing to move or an offset is unknown.
+    """
+    versions, one_text, movable = [], df.copy(), True
+    runs = df[df["status"] == "completed"] if "status" in df else df.iloc[:0]
+    settings = [c for c in runs.columns if c.startswith("config.data.") and runs[c].notna().any()]
+    for _, group in runs.groupby(["sweep", *settings], sort=False, dropna=False):
+        text = text_version(group)
+        if text is None or text.nunique() < 2:
+            continue
+        axes = [c for c in group.columns if c.startswith("axes.") and c != "axes.seed" and group[c].notna().any()]
+        point = group[axes].astype(str).agg(" ".join, axis=1) if axes else pd.Series("", index=group.index)
+        counts = text.value_counts()
+        reference = counts.index[0]
+        offsets = {m: _version_offsets(group[m], text, point, reference)
+                   for m in (LOSS, HELDOUT_LOSS) if m in group and group[m].notna().any()}
+        for version, n in counts.items():
+            mine = text == version
+            created = group.loc[mine, "created"].astype(str) if "created" in group else pd.Series([""])
+            versions.append({
+                "sweep": str(group["sweep"].iloc[0]), "text": version, "runs": int(n),
+                "points": int(point[mine].nunique()), "first_run": created.min()[:10], "last_run": created.max()[:10],
+                "shared_points": None if version == reference else
+                len(set(point[mine]) & set(point[text == reference])),
+                "offsets": {m.split(".")[-1]: None if version == reference else est.get(version)
+                            for m, est in offsets.items()}})
+            if version != reference:
+                shift = offsets.get(LOSS, {}).get(version)
+                movable = movable and shift is not None
+                if shift is not None:
+                    one_text.loc[group.index[mine], LOSS] -= shift[0]
+    return versions, one_text if versions and movable else None
+
+
+def _version_offsets(loss: pd.Series, text: pd.Series, point: pd.Series, reference: str) -> dict:
+    """{version: [offset, standard error]} of ``loss`` against ``reference`` with a fixed effect per grid point,
+    from the points where two versions share runs; a version without such a point is left out."""
+    keep = loss.notna()
+    loss, text, point = loss[keep], text[keep], point[keep]
+    shared = point.groupby(point).transform(lambda p: text[p.index].nunique() > 1)
+    loss, text, point = loss[shared], text[shared], point[shared]
+    others = [v for v in text.unique() if v != reference]
+    if not others:
+        return {}
+    design = pd.concat([pd.get_dummies(point, dtype=float), pd.get_dummies(text, dtype=float)[others]], axis=1)
+    if len(loss) <= design.shape[1] or np.linalg.matrix_rank(design.to_numpy()) < design.shape[1]:
+        return {}
+    fit = sm.OLS(loss.to_numpy(dtype=float), design.to_numpy()).fit()
+    n_points = design.shape[1] - len(others)
+    return {v: [float(fit.params[n_points + i]), float(fit.bse[n_points + i])] for i, v in enumerate(others)}
 
 
 def save_fits(fits: dict, path: str | Path) -> Path:

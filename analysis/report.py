@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -64,9 +65,9 @@ def _summary(fits: dict, results: list[dict], df: pd.DataFrame) -> str:
              f"- Paper claims checked: {len(results)}: **{counts[SUPPORTS]} supported**, "
              f"**{counts[CONTRADICTS]} contradicted**, **{counts[CANNOT]} cannot tell**.",
              f"- Intervals are {round(fits['level'] * 100)}% two-sided throughout."]
-    versions = tables.text_versions(df)
-    for sweep, g in versions.groupby("sweep", sort=False) if not versions.empty else ():
-        lines.append(f"- **{sweep} was scored on {len(g)} versions of its text** (tokenizer and validation set): "
+    per_sweep = Counter(v["sweep"] for v in fits.get("text_versions", []))
+    for sweep, n in per_sweep.items():
+        lines.append(f"- **{sweep} was scored on {n} versions of its text** (tokenizer and validation set): "
                      "losses of different versions are not on one scale; see Data.")
     stalled = len(unlearned_runs(df))
     if stalled:
@@ -96,8 +97,7 @@ def _data(df: pd.DataFrame, fits: dict) -> str:
     if fits.get("orphan_evals"):
         lines.append(f"Eval records without a run record (not in the table): {', '.join(fits['orphan_evals'])}.\n")
     lines.append(_noise_floor(df))
-    versions = tables.text_versions(df)
-    if not versions.empty:
+    if fits.get("text_versions"):
         lines.append("Runs of one sweep with the same data settings were scored on different text: the text under "
                      "`data.path` changed between them (a corpus rebuilt from updated packages moves documents between "
                      "the training and validation splits and retrains the tokenizer). Fits and claims pool the runs as "
@@ -106,7 +106,7 @@ def _data(df: pd.DataFrame, fits: dict) -> str:
                      "most runs), from the grid points both reached, with a term per point (± standard error). Where "
                      "a held-out text was scored too, an offset near zero there and not on validation means the "
                      "validation set changed, not the models:\n")
-        lines.append(tables.to_markdown(versions))
+        lines.append(tables.to_markdown(tables.text_versions_table(fits["text_versions"])))
     alloc = df[(df["experiment"] == "allocation") & (df["status"] == "completed")] if not df.empty else df
     if not alloc.empty and {"accounting.P_tot", "accounting.P_act"} <= set(alloc.columns):
         b = alloc["axes.budget"].astype(str) if "axes.budget" in alloc else pd.Series("all", index=alloc.index)

@@ -10,9 +10,7 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import statsmodels.api as sm
 
 from analysis import stats
 from engram_lab.files import write_text_atomic
@@ -80,104 +78,20 @@ def pooled_sd(floor: pd.DataFrame) -> float | None:
     return stats.pooled_sd(replicated["seeds"], replicated["seed sd"])
 
 
-TEXT_METRICS = ("metrics.val_loss", "metrics.heldout_loss")
-
-
-TEXT_FIELDS = {"text_fingerprint": "text", "tokenizer_fingerprint": "tokenizer",
-               "validation_fingerprint": "validation", "validation_tokens_available": "validation tokens"}
-
-
-def text_version(runs: pd.DataFrame) -> pd.Series | None:
-    """The text each run was scored on, named by the fields of ``metrics.data`` that every one of ``runs`` recorded
-    (the corpus files' and validation set's fingerprints are newer than the tokenizer's and the validation token
-    count), so that records of one text written before and after a field was added still match; None without them."""
-    fields = [f for f in TEXT_FIELDS if f"metrics.data.{f}" in runs and runs[f"metrics.data.{f}"].notna().all()]
-    if not fields:
-        return None
-    return runs[[f"metrics.data.{f}" for f in fields]].astype(str).apply(
-        lambda row: ", ".join(f"{TEXT_FIELDS[f]} {v[:8]}" for f, v in zip(fields, row)), axis=1)
-
-
-def text_versions(df: pd.DataFrame) -> pd.DataFrame:
-    """Completed runs of one sweep, with the same data settings, scored on different text: one row per version.
-
-    The text under ``data.path`` can change between runs of one sweep (a corpus rebuilt from an updated package
-    moves documents between the splits and retrains the tokenizer), and then losses are not on one scale. Per version:
-    its runs, grid points and dates, and for each loss its offset from the version with the most runs, estimated at the
-    grid points both reached (least squares with a term per point; ``± se``). Empty when every sweep is one text.
-    """
+def text_versions_table(versions: list[dict]) -> pd.DataFrame:
+    """The text versions of ``fits["text_versions"]`` (:func:`analysis.fits.fit_text_versions`), one row each, the
+    offsets as ``estimate ± se``."""
     rows = []
-    for group, point, reference, offsets in _text_groups(df):
-        for text, n in group["text"].value_counts().items():
-            mine = group["text"] == text
-            row = {"sweep": group["sweep"].iloc[0], "text": text, "runs": int(n), "points": point[mine].nunique(),
-                   "first run": str(group.loc[mine, "created"].min())[:10] if "created" in group else "",
-                   "last run": str(group.loc[mine, "created"].max())[:10] if "created" in group else "",
-                   "points shared with the reference": "reference" if text == reference else
-                   len(set(point[mine]) & set(point[group["text"] == reference]))}
-            for m, estimates in offsets.items():
-                est = estimates.get(text)
-                row[f"{m.split('.')[-1]} offset"] = ("0 (reference)" if text == reference else
-                                                      "no shared point" if est is None else
-                                                      f"{est[0]:+.4f} ± {est[1]:.4f}")
-            rows.append(row)
+    for v in versions:
+        reference = v["shared_points"] is None
+        row = {"sweep": v["sweep"], "text": v["text"], "runs": v["runs"], "points": v["points"],
+               "first run": v["first_run"], "last run": v["last_run"],
+               "points shared with the reference": "reference" if reference else v["shared_points"]}
+        for loss, est in v["offsets"].items():
+            row[f"{loss} offset"] = ("0 (reference)" if reference else "no shared point" if est is None else
+                                     f"{est[0]:+.4f} ± {est[1]:.4f}")
+        rows.append(row)
     return pd.DataFrame(rows)
-
-
-def without_text_offsets(df: pd.DataFrame, metric: str = "metrics.val_loss") -> pd.DataFrame | None:
-    """``df`` with each text version's ``metric`` moved onto its reference version's scale (its offset from
-    :func:`text_versions` subtracted): what the fits would say on one text. None where every sweep is one text or
-    a version's offset is unknown."""
-    out, moved = df.copy(), False
-    for group, _, reference, offsets in _text_groups(df):
-        for text in group["text"].unique():
-            if text == reference:
-                continue
-            estimate = offsets.get(metric, {}).get(text)
-            if estimate is None:
-                return None
-            out.loc[group.index[group["text"] == text], metric] -= estimate[0]
-            moved = True
-    return out if moved else None
-
-
-def _text_groups(df: pd.DataFrame):
-    """(runs with their ``text`` version, their grid point, the reference version, {loss: {version: (offset, se)}})
-    for each sweep and data setting whose completed runs were scored on more than one text."""
-    if "status" not in df:
-        return
-    runs = df[df["status"] == "completed"]
-    settings = [c for c in runs.columns if c.startswith("config.data.") and runs[c].notna().any()]
-    for _, group in runs.groupby(["sweep", *settings], sort=False, dropna=False):
-        version = text_version(group)
-        if version is None or version.nunique() < 2:
-            continue
-        group = group.assign(text=version)
-        axes = [c for c in group.columns if c.startswith("axes.") and c != "axes.seed" and group[c].notna().any()]
-        point = group[axes].astype(str).agg(" ".join, axis=1) if axes else pd.Series("", index=group.index)
-        reference = group["text"].value_counts().index[0]
-        offsets = {m: _version_offsets(group[m], group["text"], point, reference)
-                   for m in TEXT_METRICS if m in group and group[m].notna().any()}
-        yield group, point, reference, offsets
-
-
-def _version_offsets(loss: pd.Series, text: pd.Series, point: pd.Series, reference: str) -> dict:
-    """{version: (offset, standard error)} of ``loss`` against ``reference`` with a fixed effect per grid point,
-    from the points where two versions share runs; a version without such a point is left out."""
-    keep = loss.notna()
-    loss, text, point = loss[keep], text[keep], point[keep]
-    shared = point.groupby(point).transform(lambda p: text[p.index].nunique() > 1)
-    loss, text, point = loss[shared], text[shared], point[shared]
-    others = [v for v in text.unique() if v != reference]
-    if not others:
-        return {}
-    design = pd.concat([pd.get_dummies(point, dtype=float),
-                        pd.get_dummies(text, dtype=float)[others]], axis=1)
-    if len(loss) <= design.shape[1] or np.linalg.matrix_rank(design.to_numpy()) < design.shape[1]:
-        return {}
-    fit = sm.OLS(loss.to_numpy(dtype=float), design.to_numpy()).fit()
-    n_points = design.shape[1] - len(others)
-    return {v: (float(fit.params[n_points + i]), float(fit.bse[n_points + i])) for i, v in enumerate(others)}
 
 
 def fit_table(fits: dict) -> pd.DataFrame:

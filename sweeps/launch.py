@@ -462,10 +462,10 @@ def sync(spec: SweepSpec, paths: SweepPaths, planned: list[PlannedTrial], storag
 
 
 def check_same_text(planned: list[PlannedTrial], states: dict[str, dict], todo: list[PlannedTrial]) -> None:
-    """Refuse, before anything is written or submitted, to add trials on other text to a sweep whose completed runs
-    recorded the text they were trained on: a corpus rebuilt under the same path (an updated package) moves documents
-    between the splits, and the new runs' losses would not be on the old runs' scale. A path this process cannot read
-    (data on the compute nodes only) is not checked."""
+    """Refuse, before the plan is written or anything submitted, to add trials on other text to a sweep whose
+    completed runs recorded the text they were trained on: a corpus rebuilt under the same path (an updated package)
+    moves documents between the splits, and the new runs' losses would not be on the old runs' scale. A path this
+    process cannot read (data on the compute nodes only) is not checked."""
     recorded: dict[str, dict[str, str]] = {}  # data settings -> {text fingerprint: a run id}
     for p in planned:
         record = states[p.run_id].get("record") if states[p.run_id]["state"] == "completed" else None
@@ -547,13 +547,12 @@ def run_sweep(spec_path: str | Path, results: str | Path = "results", workdir: s
     paths = SweepPaths(Path(results), Path(workdir), spec.name)
     storage = spec.launch.storage or default_storage_url(workdir, spec.name)
     warn = _once(echo)  # the ledger is read at every poll; a line that cannot be read is said once
-    found = trial_states([p.run_id for p in planned], paths, warn)
-    check_same_text(planned, found, [p for p in planned if found[p.run_id]["state"] != "completed"])
-    prepare(spec, paths, planned)
     started = time.time()
     submitted: list = []
     with driver_lock(paths):
         states, todo = sync(spec, paths, planned, storage, retry_failed, warn)
+        check_same_text(planned, states, todo)
+        prepare(spec, paths, planned)
         _report_states(states, echo)
         progress = Progress(planned, states, echo)
         if kind == "debug":

@@ -4,10 +4,18 @@ import numpy as np
 
 from analysis import claims, report, tables
 from analysis.data import frame_from_records
-from analysis.fits import fit_all
+from analysis.fits import fit_all, fit_text_versions
 from analysis.simulate import make_run_record, quadratic_law
 
 RHOS = (0.2, 0.5, 0.8, 1.0)
+
+
+def text_versions(df):
+    return tables.text_versions_table(fit_text_versions(df)[0])
+
+
+def without_text_offsets(df):
+    return fit_text_versions(df)[1]
 OLD = {"tokenizer_fingerprint": "aaaa1111", "validation_tokens_available": 304506}
 NEW = {"tokenizer_fingerprint": "bbbb2222", "validation_tokens_available": 287835}
 
@@ -31,7 +39,7 @@ def runs(texts_by_seed: dict, shift: dict, seeds=4, noise=0.005):
 def test_a_changed_validation_set_is_found_and_its_offset_measured(tmp_path):
     records = runs({0: OLD, 1: OLD, 2: NEW, 3: NEW}, shift={"bbbb2222": 0.02}, seeds=4)
     df = frame_from_records(records)
-    versions = tables.text_versions(df)
+    versions = text_versions(df)
     assert list(versions["runs"]) == [8, 8] and list(versions["points"]) == [4, 4]
     new = versions.iloc[1]
     assert new["text"] == "tokenizer bbbb2222, validation tokens 287835"
@@ -40,7 +48,7 @@ def test_a_changed_validation_set_is_found_and_its_offset_measured(tmp_path):
     assert abs(val - 0.02) < 3 * se and se < 0.01  # the shift put in, from the shared points
     held, se = (float(v) for v in new["heldout_loss offset"].split(" ± "))
     assert abs(held) < 3 * se  # the held-out text did not move: the validation set did
-    one_text = tables.without_text_offsets(df)
+    one_text = without_text_offsets(df)
     moved = df["metrics.data.tokenizer_fingerprint"] == "bbbb2222"
     assert np.allclose(df.loc[moved, "metrics.val_loss"] - one_text.loc[moved, "metrics.val_loss"], val, atol=1e-4)
     assert one_text.loc[~moved, "metrics.val_loss"].equals(df.loc[~moved, "metrics.val_loss"])
@@ -55,17 +63,17 @@ def test_a_changed_validation_set_is_found_and_its_offset_measured(tmp_path):
 def test_one_text_recorded_with_more_fields_later_is_one_version():
     newer = {**OLD, "validation_fingerprint": "cccc3333", "text_fingerprint": "dddd4444"}
     df = frame_from_records(runs({0: OLD, 1: OLD, 2: newer, 3: newer}, shift={}))
-    assert tables.text_versions(df).empty and tables.without_text_offsets(df) is None
+    assert text_versions(df).empty and without_text_offsets(df) is None
     assert fit_all(df, n_boot=20)["u_curve_one_text"] is None
     both = frame_from_records(runs({0: newer, 1: newer, 2: newer, 3: {**newer, "validation_fingerprint": "e"}},
                                    shift={}))
-    assert list(tables.text_versions(both)["text"].str.contains("validation cccc3333")) == [True, False]
+    assert list(text_versions(both)["text"].str.contains("validation cccc3333")) == [True, False]
 
 
 def test_versions_without_a_shared_point_have_no_offset():
     records = [r for r in runs({0: OLD, 1: NEW, 2: OLD, 3: NEW}, shift={})
                if (r["axes"]["rho"] < 0.6) == (r["metrics"]["data"]["tokenizer_fingerprint"] == "aaaa1111")]
-    versions = tables.text_versions(frame_from_records(records))
+    versions = text_versions(frame_from_records(records))
     assert versions.iloc[1]["points shared with the reference"] == 0
     assert versions.iloc[1]["val_loss offset"] == "no shared point"
-    assert tables.without_text_offsets(frame_from_records(records)) is None  # no scale to move them onto
+    assert without_text_offsets(frame_from_records(records)) is None  # no scale to move them onto
